@@ -1,0 +1,30 @@
+"""lm-eval-prune: prune reasoning LLMs (Magnitude, Wanda; Uniform, OWL) and evaluate them with lm-eval.
+
+Importing the package is cheap: torch and transformers load only when an engine function is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import PruneConfig
+from .errors import PruneConfigError
+
+__version__ = "0.1.0"
+__all__ = ["PruneConfig", "PruneConfigError", "PruneReport", "__version__", "prune_"]
+
+if TYPE_CHECKING:
+    from .pruner import prune_
+    from .report import PruneReport
+
+
+def __getattr__(name: str) -> Any:
+    if name == "prune_":
+        from .pruner import prune_
+
+        return prune_
+    if name == "PruneReport":
+        from .report import PruneReport
+
+        return PruneReport
+    raise AttributeError(name)
