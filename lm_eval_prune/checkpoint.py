@@ -55,7 +55,7 @@ def checkpoint_zero_counts(directory: str | Path, linear_names: list[str]) -> di
     counts: dict[str, int] = {}
     for file in sorted(Path(directory).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+            for key in handle.keys():
                 if key in wanted:
                     counts[wanted[key]] = int((handle.get_tensor(key) == 0).sum())
     missing = set(linear_names) - set(counts)
