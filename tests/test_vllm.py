@@ -52,3 +52,29 @@ def test_pruned_vllm_generates_through_simple_evaluate(pruned_vllm):
     assert len(samples) == 3
     assert all(isinstance(s["resps"][0][0], str) for s in samples)
     assert sum(len(s["resps"][0][0]) for s in samples) > 0  # the engine produced text
+
+
+def test_budget_forcing_is_the_same_in_hf_and_vllm(tmp_path):
+    from scripted import save_scripted
+
+    from lm_eval_prune.budget_forcing import parse_response
+    from lm_eval_prune.lm_eval_plugin import register
+
+    register()
+    from lm_eval.api.registry import get_model
+
+    class Request:
+        def __init__(self, gen_kwargs):
+            self.args = ("question", gen_kwargs)
+
+    model_dir = save_scripted(tmp_path / "scripted")
+    gen = {"until": ["."], "max_gen_toks": 20, "do_sample": False}
+    requests = [Request({**gen, "max_tokens_thinking": 100, "thinking_n_ignore": 2}), Request({**gen, "max_tokens_thinking": 4, "thinking_n_ignore": 2}),
+                Request({**gen, "max_tokens_thinking": 100, "thinking_n_ignore": 0})]
+    hf = get_model("pruned-hf").create_from_arg_string(f"pretrained={model_dir},method=none", {"device": "cpu", "batch_size": 1})
+    vllm = get_model("pruned-vllm").create_from_arg_string(f"pretrained={model_dir},method=none,max_model_len=512", {"batch_size": "auto"})
+    from_hf = [parse_response(r) for r in hf.generate_until(requests)]
+    from_vllm = [parse_response(r) for r in vllm.generate_until(requests)]
+    assert from_hf == from_vllm
+    assert [t["forced_waits"] for t in from_vllm] == [2, 1, 0]
+    assert from_vllm[1]["thinking_tokens"] == 4 and from_vllm[1]["budget_exhausted"]

@@ -36,6 +36,15 @@ class PrunedHFLM(HFLM):
     def _prune_in_place(self, pretrained: str, revision: str | None) -> None:
         self.prune_report, self.prune_cache_status, self.prune_cache_key = prune_loaded_model_(self._model, self.tokenizer, pretrained, revision, self._prune_request)
 
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """lm-eval's generation, plus s1 budget forcing for requests whose gen_kwargs ask for it."""
+        from ..generation import generate_until_with_budget_forcing, hf_run_steps, prompt_encoder
+
+        return generate_until_with_budget_forcing(
+            requests, self.tokenizer, prompt_encoder(self.tokenizer, bool(self.add_bos_token)), self.max_gen_toks,
+            hf_run_steps(self.model, self.tokenizer), lambda plain: super(PrunedHFLM, self).generate_until(plain, disable_tqdm),
+        )
+
     def get_model_info(self) -> dict[str, Any]:
         info = super().get_model_info()
         info.update(summary(self.prune_report, self.prune_cache_status, self.prune_cache_key))

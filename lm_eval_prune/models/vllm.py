@@ -37,9 +37,25 @@ class PrunedVLLM(VLLM):
         else:
             directory, self.prune_report, status, key = pruned_checkpoint(pretrained, rest.get("revision"), str(rest.get("dtype", "auto")), request)
             rest.pop("revision", None)  # the checkpoint directory has no revisions
-        self.prune_cache_status, self.prune_cache_key = status, key
+        self.prune_cache_status, self.prune_cache_key, self.checkpoint_dir = status, key, directory
         rest.setdefault("tokenizer", directory)
         super().__init__(pretrained=directory, seed=int(vllm_seed), **rest)
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """lm-eval's generation, plus s1 budget forcing (batched across requests) where gen_kwargs ask for it."""
+        from transformers import GenerationConfig
+
+        from ..generation import eos_ids, generate_until_with_budget_forcing, prompt_encoder, vllm_run_steps
+
+        try:
+            generation_config = GenerationConfig.from_pretrained(self.checkpoint_dir)
+        except OSError:
+            generation_config = None
+        return generate_until_with_budget_forcing(
+            requests, self.tokenizer, prompt_encoder(self.tokenizer, bool(self.add_bos_token)), self.max_gen_toks,
+            vllm_run_steps(self.model, eos_ids(self.tokenizer, generation_config)),
+            lambda plain: super(PrunedVLLM, self).generate_until(plain, disable_tqdm),
+        )
 
     def get_model_info(self) -> dict[str, Any]:
         parent = getattr(super(), "get_model_info", None)

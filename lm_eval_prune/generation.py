@@ -1,0 +1,166 @@
+"""Budget-forced ``generate_until`` for lm-eval models: request parsing plus the HF and vLLM step drivers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .budget_forcing import BudgetSpec, Step, StepResult, drive, policy
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy unless ``temperature`` > 0; ``seed`` makes sampling reproducible (each request gets seed + its index)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @classmethod
+    def pop_from(cls, gen_kwargs: dict[str, Any], index: int) -> Sampling:
+        do_sample = gen_kwargs.pop("do_sample", None)
+        temperature = 0.0 if do_sample is False else float(gen_kwargs.pop("temperature", 0.0) or 0.0)
+        gen_kwargs.pop("temperature", None)
+        seed = gen_kwargs.pop("seed", None)
+        return cls(temperature, float(gen_kwargs.pop("top_p", 1.0) or 1.0), None if seed is None else int(seed) + index)
+
+
+@dataclass
+class ForcedRequest:
+    index: int
+    prompt_ids: list[int]
+    spec: BudgetSpec
+    sampling: Sampling
+    max_gen_toks: int
+    until: list[str]
+
+
+# run_steps(steps, their samplings) -> results; every driver strips a final stop/eos id and says whether one ended the step
+RunSteps = Callable[[list[Step], list[Sampling]], list[StepResult]]
+
+
+def split_requests(requests: Sequence[Any], encode: Callable[[str], list[int]], default_max_gen_toks: int) -> tuple[list[ForcedRequest], list[int]]:
+    """(budget-forced requests, indices of plain ones) from lm-eval ``generate_until`` instances."""
+    forced, plain = [], []
+    for index, request in enumerate(requests):
+        context, gen_kwargs = request.args
+        kwargs = dict(gen_kwargs or {})
+        spec = BudgetSpec.pop_from(kwargs)
+        if spec is None:
+            plain.append(index)
+            continue
+        until = kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        sampling = Sampling.pop_from(kwargs, index)
+        forced.append(ForcedRequest(index, encode(context), spec, sampling, int(kwargs.pop("max_gen_toks", default_max_gen_toks)), until))
+    return forced, plain
+
+
+def generate_until_with_budget_forcing(
+    requests: Sequence[Any],
+    tokenizer: Any,
+    encode: Callable[[str], list[int]],
+    default_max_gen_toks: int,
+    run_steps: RunSteps,
+    plain_generate_until: Callable[[list[Any]], list[str]],
+) -> list[str]:
+    """Responses for every request: budget-forced ones as JSON traces, the others through lm-eval's own path."""
+    forced, plain = split_requests(requests, encode, default_max_gen_toks)
+    responses: list[str] = [""] * len(requests)
+    if plain:
+        for index, text in zip(plain, plain_generate_until([requests[i] for i in plain]), strict=True):
+            responses[index] = text
+    if forced:
+        policies = [policy(r.prompt_ids, r.spec, tokenizer, r.max_gen_toks, r.until) for r in forced]
+        traces = drive(policies, lambda order, steps: run_steps(steps, [forced[i].sampling for i in order]))
+        for request, trace in zip(forced, traces, strict=True):
+            responses[request.index] = trace.to_response()
+    return responses
+
+
+def prompt_encoder(tokenizer: Any, add_bos: bool) -> Callable[[str], list[int]]:
+    """The prompt's ids, the same in every adapter: no special tokens, plus BOS when the model wants one."""
+
+    def encode(context: str) -> list[int]:
+        ids = tokenizer.encode(context, add_special_tokens=False)
+        bos = tokenizer.bos_token_id
+        return [bos, *ids] if add_bos and bos is not None and ids[:1] != [bos] else ids
+
+    return encode
+
+
+def eos_ids(tokenizer: Any, generation_config: Any) -> list[int]:
+    """The tokenizer's EOS plus the generation config's (Qwen lists several)."""
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    extra = getattr(generation_config, "eos_token_id", None)
+    for value in [] if extra is None else ([extra] if isinstance(extra, int) else list(extra)):
+        if value not in ids:
+            ids.append(value)
+    return ids
+
+
+def _finish(new: list[int], stops: Sequence[int], thinking: bool) -> StepResult:
+    stopped = bool(new) and new[-1] in stops
+    return (new[:-1] if stopped else new), stopped and thinking
+
+
+# ----------------------------------------------------------------------------------------------- drivers
+def hf_run_steps(model: Any, tokenizer: Any) -> RunSteps:
+    """Run steps one by one with ``model.generate`` (greedy, or sampled with a seeded generator)."""
+    import torch
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+    class StopOnStrings(StoppingCriteria):
+        """Stop once the decoded new text holds a stop string (any tokenizer; the text is cut later)."""
+
+        def __init__(self, start: int, stops: Sequence[str]) -> None:
+            self.start, self.stops = start, [s for s in stops if s]
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            text = tokenizer.decode(input_ids[0, self.start :], skip_special_tokens=False)
+            return torch.tensor([any(stop in text for stop in self.stops)], device=input_ids.device)
+
+    device = next(model.parameters()).device
+    eos = eos_ids(tokenizer, model.generation_config)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+
+    def run_one(step: Step, sampling: Sampling) -> StepResult:
+        if step.max_new <= 0:
+            return [], False
+        stops = list(step.stop_ids) + [e for e in eos if e not in step.stop_ids]
+        sample = sampling.temperature > 0
+        config = GenerationConfig(max_new_tokens=step.max_new, do_sample=sample, temperature=sampling.temperature if sample else None,
+                                  top_p=sampling.top_p if sample else None, top_k=None, eos_token_id=stops, pad_token_id=pad)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed + len(step.prefix))
+        ids = torch.tensor([step.prefix], device=device)
+        criteria = StoppingCriteriaList([StopOnStrings(len(step.prefix), step.stop_strings)] if step.stop_strings else [])
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, stopping_criteria=criteria)
+        return _finish(out[0, len(step.prefix) :].tolist(), stops, bool(step.stop_ids))
+
+    return lambda steps, samplings: [run_one(s, p) for s, p in zip(steps, samplings, strict=True)]
+
+
+def vllm_run_steps(llm: Any, eos: Sequence[int]) -> RunSteps:
+    """Run each round's steps as one vLLM batch (token-id prompts, per-step SamplingParams)."""
+    from vllm import SamplingParams, TokensPrompt
+
+    def run(steps: list[Step], samplings: list[Sampling]) -> list[StepResult]:
+        results: list[StepResult] = [([], False)] * len(steps)
+        todo = [i for i, s in enumerate(steps) if s.max_new > 0]
+        if not todo:
+            return results
+        stops = {i: list(steps[i].stop_ids) + [e for e in eos if e not in steps[i].stop_ids] for i in todo}
+        params = [
+            SamplingParams(max_tokens=steps[i].max_new, temperature=samplings[i].temperature, top_p=samplings[i].top_p, seed=samplings[i].seed,
+                           stop_token_ids=stops[i], stop=list(steps[i].stop_strings) or None, skip_special_tokens=False)
+            for i in todo
+        ]
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=steps[i].prefix) for i in todo], params, use_tqdm=False)
+        for i, output in zip(todo, outputs, strict=True):
+            results[i] = _finish(list(output.outputs[0].token_ids), stops[i], bool(steps[i].stop_ids))
+        return results
+
+    return run
