@@ -184,6 +184,13 @@ def policy(prompt_ids: list[int], spec: BudgetSpec, tokenizer: Any, max_gen_toks
     )
 
 
+def plain_policy(prompt_ids: list[int], tokenizer: Any, max_gen_toks: int, until: Sequence[str]) -> Policy:
+    """No thinking: one answer step (used for sampled requests without budget forcing, so ``seed`` works everywhere)."""
+    answer_ids, _ = yield Step(list(prompt_ids), max_gen_toks, (), tuple(until))
+    text = cut_at_stops(tokenizer.decode(answer_ids, skip_special_tokens=False), until)
+    return Trace("", text, 0, 0, 0, False, [], answer_ids)
+
+
 def drive(policies: list[Policy], run_steps: Callable[[list[int], list[Step]], list[StepResult]]) -> list[Trace]:
     """Advance all policies in lock-step; each round, ``run_steps(indices, steps)`` runs the pending steps as one batch."""
     traces: list[Trace | None] = [None] * len(policies)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .budget_forcing import BudgetSpec, Step, StepResult, drive, policy
+from .budget_forcing import BudgetSpec, Step, StepResult, drive, plain_policy, policy
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,11 @@ class Sampling:
 
 @dataclass
 class ForcedRequest:
+    """A request our driver runs: budget-forced (``spec``), or plain but seeded (``spec`` None)."""
+
     index: int
     prompt_ids: list[int]
-    spec: BudgetSpec
+    spec: BudgetSpec | None
     sampling: Sampling
     max_gen_toks: int
     until: list[str]
@@ -47,7 +49,7 @@ def split_requests(requests: Sequence[Any], encode: Callable[[str], list[int]], 
         context, gen_kwargs = request.args
         kwargs = dict(gen_kwargs or {})
         spec = BudgetSpec.pop_from(kwargs)
-        if spec is None:
+        if spec is None and "seed" not in kwargs:
             plain.append(index)
             continue
         until = kwargs.pop("until", None) or []
@@ -72,10 +74,13 @@ def generate_until_with_budget_forcing(
         for index, text in zip(plain, plain_generate_until([requests[i] for i in plain]), strict=True):
             responses[index] = text
     if forced:
-        policies = [policy(r.prompt_ids, r.spec, tokenizer, r.max_gen_toks, r.until) for r in forced]
+        policies = [
+            policy(r.prompt_ids, r.spec, tokenizer, r.max_gen_toks, r.until) if r.spec else plain_policy(r.prompt_ids, tokenizer, r.max_gen_toks, r.until)
+            for r in forced
+        ]
         traces = drive(policies, lambda order, steps: run_steps(steps, [forced[i].sampling for i in order]))
         for request, trace in zip(forced, traces, strict=True):
-            responses[request.index] = trace.to_response()
+            responses[request.index] = trace.to_response() if request.spec else trace.answer
     return responses
 
 
@@ -105,8 +110,14 @@ def _finish(new: list[int], stops: Sequence[int], thinking: bool) -> StepResult:
     return (new[:-1] if stopped else new), stopped and thinking
 
 
+def clamp(step: Step, max_length: int) -> Step:
+    """Never ask for more tokens than the model's context has left (a 32k budget on a 32k model just ends there)."""
+    room = max_length - len(step.prefix)
+    return step if step.max_new <= room else Step(step.prefix, max(room, 0), step.stop_ids, step.stop_strings)
+
+
 # ----------------------------------------------------------------------------------------------- drivers
-def hf_run_steps(model: Any, tokenizer: Any) -> RunSteps:
+def hf_run_steps(model: Any, tokenizer: Any, max_length: int) -> RunSteps:
     """Run steps one by one with ``model.generate`` (greedy, or sampled with a seeded generator)."""
     import torch
     from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -126,6 +137,7 @@ def hf_run_steps(model: Any, tokenizer: Any) -> RunSteps:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
 
     def run_one(step: Step, sampling: Sampling) -> StepResult:
+        step = clamp(step, max_length)
         if step.max_new <= 0:
             return [], False
         stops = list(step.stop_ids) + [e for e in eos if e not in step.stop_ids]
@@ -143,11 +155,12 @@ def hf_run_steps(model: Any, tokenizer: Any) -> RunSteps:
     return lambda steps, samplings: [run_one(s, p) for s, p in zip(steps, samplings, strict=True)]
 
 
-def vllm_run_steps(llm: Any, eos: Sequence[int]) -> RunSteps:
+def vllm_run_steps(llm: Any, eos: Sequence[int], max_length: int) -> RunSteps:
     """Run each round's steps as one vLLM batch (token-id prompts, per-step SamplingParams)."""
     from vllm import SamplingParams, TokensPrompt
 
     def run(steps: list[Step], samplings: list[Sampling]) -> list[StepResult]:
+        steps = [clamp(s, max_length) for s in steps]
         results: list[StepResult] = [([], False)] * len(steps)
         todo = [i for i, s in enumerate(steps) if s.max_new > 0]
         if not todo:

@@ -53,7 +53,7 @@ class PrunedVLLM(VLLM):
             generation_config = None
         return generate_until_with_budget_forcing(
             requests, self.tokenizer, prompt_encoder(self.tokenizer, bool(self.add_bos_token)), self.max_gen_toks,
-            vllm_run_steps(self.model, eos_ids(self.tokenizer, generation_config)),
+            vllm_run_steps(self.model, eos_ids(self.tokenizer, generation_config), self.max_length),
             lambda plain: super(PrunedVLLM, self).generate_until(plain, disable_tqdm),
         )
 
