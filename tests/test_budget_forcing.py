@@ -55,7 +55,7 @@ def test_waits_are_forced_exactly_n_times(tok):
     thinking_calls = [c for c in calls if c.stop_ids]
     assert len(thinking_calls) == 4
     assert [c.max_new for c in thinking_calls] == [100, 98, 96, 94]  # the budget counts generated tokens only
-    answer_call = [c for c in calls if not c.stop_ids][0]
+    answer_call = next(c for c in calls if not c.stop_ids)
     assert tok.decode(answer_call.prefix[-1:]) == "</think>"  # Qwen3: the end marker opens the answer
 
 
@@ -64,7 +64,7 @@ def test_budget_cuts_thinking_and_asks_for_the_final_answer(tok):
     [trace] = drive([policy(ids(tok, "question"), BudgetSpec(5, 2), tok, 50, ["."])], run)
     assert trace.thinking_tokens == 5 and trace.budget_exhausted and trace.forced_waits == 0
     assert trace.thinking == "step one two one two"
-    answer_call = [c for c in calls if not c.stop_ids][0]
+    answer_call = next(c for c in calls if not c.stop_ids)
     assert tok.decode(answer_call.prefix[-4:]) == "</think> Final Answer :"
 
 
