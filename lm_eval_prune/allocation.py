@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 from .errors import PruneConfigError
@@ -37,3 +38,24 @@ def owl(outlier_percents: Sequence[float], sparsity: float, lam: float) -> list[
     if clamped != ratios:
         log.warning("OWL: non-positive block sparsities clamped to %s as in the reference", OWL_MIN_SPARSITY)
     return clamped
+
+
+def layerif(scores: Sequence[float], sparsity: float, eps: float, block_params: Sequence[int]) -> list[float]:
+    """LayerIF ratios: scores min-max mapped to r in [1-eps, 1+eps], ``s_l = r_l * s * sum(P) / sum(P * r)``.
+
+    Higher score (lower-quality block) gets a higher sparsity; the parameter-weighted mean is exactly ``sparsity``.
+    A result outside [0, 1) is an error (the reference clips at 0.99, which silently breaks the budget).
+    """
+    if len(scores) != len(block_params):
+        raise PruneConfigError(f"LayerIF needs one score per block: got {len(scores)} scores for {len(block_params)} blocks")
+    values = [float(x) for x in scores]
+    if any(math.isnan(v) or math.isinf(v) for v in values):
+        raise PruneConfigError(f"LayerIF scores must be finite numbers; got {values}")
+    lo, hi = min(values), max(values)
+    ratios = [1.0] * len(values) if hi == lo else [1 - eps + 2 * eps * (v - lo) / (hi - lo) for v in values]
+    scale = sparsity * sum(block_params) / sum(p * r for p, r in zip(block_params, ratios, strict=True))
+    result = [r * scale for r in ratios]
+    if min(result) < 0 or max(result) >= 1:
+        worst = max(result) if max(result) >= 1 else min(result)
+        raise PruneConfigError(f"LayerIF gives a block sparsity of {worst:.4f}, outside [0, 1), at sparsity={sparsity}, layerif_eps={eps}; lower layerif_eps")
+    return result

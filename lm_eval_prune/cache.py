@@ -35,13 +35,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def calibration_identity(config: PruneConfig) -> str | None:
-    """What the calibration content is: the Hub set's fixed name, or the local file's sha256; None if unused."""
-    if not config.needs_calibration:
+def source_identity(source: str) -> str | None:
+    """What a data source holds: the Hub set's fixed name, or the local file's sha256; None when unset."""
+    if not source:
         return None
-    if config.calibration in HUB_CALIBRATION_SETS:
-        return config.calibration
-    return "sha256:" + file_sha256(Path(config.calibration))
+    if source in HUB_CALIBRATION_SETS:
+        return source
+    return "sha256:" + file_sha256(Path(source))
+
+
+def data_identity(config: PruneConfig) -> dict[str, str | None]:
+    """Content identities of every data source the settings use (calibration, LayerIF train/val/scores)."""
+    out = {"calibration": source_identity(config.calibration) if config.needs_calibration or config.alloc == "layerif" else None}
+    for name in ("layerif_train", "layerif_val", "layerif_scores"):
+        out[name] = source_identity(getattr(config, name))
+    return out
 
 
 def model_identity(pretrained: str, revision: str | None, model_config: Any) -> dict[str, Any]:
@@ -62,7 +70,7 @@ def cache_key(config: PruneConfig, identity: dict[str, Any]) -> str:
     """Fingerprint of (base model and revision, every prune setting, calibration content, package version)."""
     from . import __version__
 
-    return config.fingerprint(model=identity, calibration=calibration_identity(config), package=__version__)
+    return config.fingerprint(model=identity, data=data_identity(config), package=__version__)
 
 
 class PruneCache:

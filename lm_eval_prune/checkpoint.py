@@ -71,6 +71,10 @@ def write_checkpoint(model: Any, tokenizer: Any, report: PruneReport, directory:
         tokenizer.save_pretrained(directory)
     report.set_measured(checkpoint_zero_counts(directory, [layer.name for layer in report.layers]))
     report.save(directory)
+    if "layer_scores" in report.extra:  # LayerIF scores, beside the report (reusable as layerif_scores=PATH)
+        import json
+
+        Path(directory, "layer_scores.json").write_text(json.dumps({"scores": report.extra["layer_scores"]}, indent=1) + "\n")
 
 
 def save_pruned(model: Any, tokenizer: Any, report: PruneReport, out: str | Path) -> Path:

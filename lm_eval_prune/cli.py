@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import click
@@ -38,24 +40,14 @@ def main(verbose: int) -> None:
 
 
 def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The engine's settings as click options (defaults from PruneConfig)."""
-    defaults = PruneConfig.__dataclass_fields__
-    options = [
-        click.option("--method", default=defaults["method"].default, show_default=True, help="magnitude, wanda or none"),
-        click.option("--alloc", default=defaults["alloc"].default, show_default=True, help="uniform or owl"),
-        click.option("--sparsity", default=defaults["sparsity"].default, type=float, show_default=True),
-        click.option("--pattern", default=defaults["pattern"].default, show_default=True, help="unstructured, 2:4, 4:8"),
-        click.option("--calibration", default=defaults["calibration"].default, show_default=True, help="c4, wikitext2 or a path"),
-        click.option("--nsamples", default=defaults["nsamples"].default, type=int, show_default=True),
-        click.option("--seqlen", default=defaults["seqlen"].default, type=int, show_default=True),
-        click.option("--seed", default=defaults["seed"].default, type=int, show_default=True),
-        click.option("--owl-m", "owl_m", default=defaults["owl_m"].default, type=float, show_default=True),
-        click.option("--owl-lambda", "owl_lambda", default=defaults["owl_lambda"].default, type=float, show_default=True),
-        click.option("--calib-batch-size", "calib_batch_size", default=defaults["calib_batch_size"].default, type=int, show_default=True),
-        click.option("--device", default=defaults["device"].default, show_default=True, help="auto, cpu, cuda, cuda:N"),
-        click.option("--offload", is_flag=True, help="Keep only the block in work (and activations) on the device."),
-    ]
-    for option in reversed(options):
+    """Every PruneConfig field as a click option (``owl_lambda`` -> ``--owl-lambda``), defaults and help from the dataclass."""
+    kinds = {"int": int, "float": float, "str": str}
+    for field in reversed(fields(PruneConfig)):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            option = click.option(flag, field.name, is_flag=True, help=field.metadata.get("help"))
+        else:
+            option = click.option(flag, field.name, default=field.default, type=kinds[str(field.type)], show_default=True, help=field.metadata.get("help"))
         func = option(func)
     return func
 
@@ -76,21 +68,78 @@ def prune(model: str, output: str, dtype: str, revision: str | None, overwrite: 
     """Prune MODEL (Hub id or local directory) and write a checkpoint with prune_report.json to OUTPUT."""
     from .calibration import load_calibration
     from .checkpoint import check_output_dir, load_config_and_tokenizer, load_model, save_pruned, torch_dtype
-    from .pruner import check_seqlen, prune_, resolve_device
+    from .pruner import check_against_model_config, prune_, resolve_device
 
     config = config_from_options(options)
     torch_dtype(dtype)
     check_output_dir(output, overwrite)
     model_config, tokenizer = load_config_and_tokenizer(model, revision)
-    check_seqlen(config, model_config)
+    check_against_model_config(config, model_config)
     calibration = load_calibration(config, tokenizer) if config.needs_calibration else None
     device = resolve_device(config.device)
     weights = load_model(model, dtype, None if config.offload or device.type == "cpu" else str(device), revision)
-    report = prune_(weights, config, tokenizer, calibration=calibration)
+    scores = _layer_scores(weights, tokenizer, config, model, revision, model_config)
+    report = prune_(weights, config, tokenizer, calibration=calibration, layer_scores=scores)
     report.extra["base_model"] = model
     report.extra["revision"] = revision
     save_pruned(weights, tokenizer, report, output)
     click.echo(json.dumps({"output": output, "overall_sparsity": round(report.overall_sparsity, 6), "seconds": round(report.seconds, 3), "fingerprint": report.fingerprint}))
+
+
+def _layer_scores(weights: Any, tokenizer: Any, config: PruneConfig, model: str, revision: str | None, model_config: Any) -> list[float] | None:
+    """LayerIF scores through the default cache (None for other allocations)."""
+    if config.alloc != "layerif":
+        return None
+    from .cache import PruneCache, model_identity
+    from .models.common import layer_scores_for
+
+    return layer_scores_for(weights, tokenizer, config, PruneCache.from_setting(None, given=False), model_identity(model, revision, model_config))
+
+
+@main.command(name="layer-scores")
+@click.argument("model")
+@prune_options
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--revision", default=None)
+@click.option("--kind", type=click.Choice(["layerif", "block-influence"]), default="layerif", show_default=True, help="LayerIF influence or ShortGPT BI.")
+@click.option("--save", "save_path", default=None, help="Write the scores as JSON here (usable as layerif_scores=PATH).")
+@click.option("--plot", "plot_path", default=None, help="Save a PNG of score and resulting sparsity per block.")
+@_fail_cleanly
+def layer_scores(model: str, dtype: str, revision: str | None, kind: str, save_path: str | None, plot_path: str | None, **options: Any) -> None:
+    """Compute and print one quality score per decoder block of MODEL (cached), with the sparsity LayerIF would give."""
+    from . import allocation
+    from .calibration import load_calibration
+    from .checkpoint import load_config_and_tokenizer, load_model
+    from .model_utils import block_linear_params, decoder_blocks
+    from .pruner import resolve_device
+
+    if kind == "layerif":
+        options["alloc"] = "layerif"
+    config = config_from_options(options)
+    model_config, tokenizer = load_config_and_tokenizer(model, revision)
+    device = resolve_device(config.device)
+    weights = load_model(model, dtype, None if device.type == "cpu" else str(device), revision)
+    if kind == "layerif":
+        scores = _layer_scores(weights, tokenizer, config, model, revision, model_config) or []
+        params = [block_linear_params(b) for b in decoder_blocks(weights)]
+        sparsities = allocation.layerif(scores, config.sparsity, config.layerif_eps, params)
+    else:
+        from .layer_scores import block_influence
+        from .sequential import capture_block_inputs
+
+        weights.eval()
+        ids = load_calibration(config, tokenizer)
+        with __import__("torch").no_grad():
+            scores = block_influence(weights, capture_block_inputs(weights, ids, config.calib_batch_size, device), device, False)
+        sparsities = []
+    rows = [{"block": i, "score": s, **({"sparsity": sparsities[i]} if sparsities else {})} for i, s in enumerate(scores)]
+    click.echo(json.dumps({"kind": kind, "model": model, "blocks": rows}, indent=1))
+    if save_path:
+        Path(save_path).write_text(json.dumps({"scores": scores, "kind": kind, "model": model}) + "\n")
+    if plot_path:
+        from .plots import plot_layer_scores
+
+        plot_layer_scores(scores, sparsities, kind, model, plot_path)
 
 
 @main.command(name="eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})

@@ -37,6 +37,15 @@ class PruneConfig:
     seed: int = field(default=0, metadata={"help": "seed of the calibration sampling"})
     owl_m: float = field(default=5.0, metadata={"help": "OWL outlier threshold M (score > M * mean)"})
     owl_lambda: float = field(default=0.08, metadata={"help": "OWL spread lambda (sparsities span 2*lambda)"})
+    layerif_eps: float = field(default=0.3, metadata={"help": "LayerIF: sparsity ratios span [1-eps, 1+eps] around the target"})
+    layerif_scores: str = field(default="", metadata={"help": "LayerIF: a score file (JSON list or .npy, one value per block)"})
+    layerif_train: str = field(default="", metadata={"help": "LayerIF: training text source (default: the calibration source)"})
+    layerif_val: str = field(default="", metadata={"help": "LayerIF: validation text source (default: the calibration source, seed+1)"})
+    layerif_nsamples: int = field(default=128, metadata={"help": "LayerIF: training samples (one backward each)"})
+    layerif_val_nsamples: int = field(default=32, metadata={"help": "LayerIF: validation samples"})
+    layerif_seqlen: int = field(default=128, metadata={"help": "LayerIF: tokens per sample"})
+    drop_layers: int = field(default=0, metadata={"help": "ShortGPT: number of decoder blocks to remove"})
+    shortgpt_mode: str = field(default="bi", metadata={"help": "ShortGPT: 'bi' (lowest Block Influence) or 'tail' (the last blocks)"})
     calib_batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     offload: bool = field(default=False, metadata={"help": "keep only the block in work on the device"})
@@ -59,17 +68,38 @@ class PruneConfig:
             raise PruneConfigError(f"owl_m={self.owl_m!r} must be > 0")
         if not 0 <= self.owl_lambda < 0.5:
             raise PruneConfigError(f"owl_lambda={self.owl_lambda!r} must be in [0, 0.5)")
+        self._check_layer_settings()
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
             raise PruneConfigError(f"device={self.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
-        if self.calibration not in HUB_CALIBRATION_SETS:
-            path = Path(self.calibration)
-            if path.suffix not in TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES:
-                raise PruneConfigError(
-                    f"calibration={self.calibration!r} is not allowed; use {', '.join(HUB_CALIBRATION_SETS)} "
-                    f"or a path ending in {', '.join(TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES)}"
-                )
-            if not path.is_file():
-                raise PruneConfigError(f"calibration file {self.calibration!r} does not exist")
+        for name in ("calibration", "layerif_train", "layerif_val"):
+            _check_source(name, getattr(self, name))
+
+    def _check_layer_settings(self) -> None:
+        """LayerIF and ShortGPT keys: valid, and only with the allocation/method that uses them."""
+        defaults = {f.name: f.default for f in fields(self)}
+        layerif_changed = [n for n in defaults if n.startswith("layerif_") and getattr(self, n) != defaults[n]]
+        if layerif_changed and self.alloc != "layerif":
+            raise PruneConfigError(f"{layerif_changed[0]}={getattr(self, layerif_changed[0])!r} needs alloc=layerif, not alloc={self.alloc!r}")
+        if not 0 <= self.layerif_eps < 1:
+            raise PruneConfigError(f"layerif_eps={self.layerif_eps!r} must be in [0, 1)")
+        for name in ("layerif_nsamples", "layerif_val_nsamples", "layerif_seqlen"):
+            if getattr(self, name) < 1:
+                raise PruneConfigError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if self.layerif_scores:
+            if Path(self.layerif_scores).suffix not in (".json", ".npy"):
+                raise PruneConfigError(f"layerif_scores={self.layerif_scores!r} must be a .json or .npy file")
+            if not Path(self.layerif_scores).is_file():
+                raise PruneConfigError(f"layerif_scores file {self.layerif_scores!r} does not exist")
+        structured = METHODS.get(self.method).structured
+        if structured:
+            if self.drop_layers < 1:
+                raise PruneConfigError(f"drop_layers={self.drop_layers!r} must be >= 1 for method={self.method!r}")
+            if self.alloc != "uniform" or self.pattern != "unstructured":
+                raise PruneConfigError(f"method={self.method!r} removes whole blocks; it takes no alloc or pattern (got alloc={self.alloc!r}, pattern={self.pattern!r})")
+            if self.shortgpt_mode not in ("bi", "tail"):
+                raise PruneConfigError(f"shortgpt_mode={self.shortgpt_mode!r} is not allowed; use bi or tail")
+        elif self.drop_layers or self.shortgpt_mode != "bi":
+            raise PruneConfigError(f"drop_layers/shortgpt_mode need method=shortgpt, not method={self.method!r}")
 
     # ----------------------------------------------------------------- derived facts
     @property
@@ -81,13 +111,20 @@ class PruneConfig:
     @property
     def effective_sparsity(self) -> float:
         """The sparsity each matrix gets under uniform allocation (N/M for N:M)."""
-        if self.method == "none":
+        if self.method == "none" or METHODS.get(self.method).structured:
             return 0.0
         nm = self.nm
         return nm[0] / nm[1] if nm else self.sparsity
 
     @property
+    def is_dense(self) -> bool:
+        """Nothing will be removed or zeroed (``method=none``, or sparsity 0 with an unstructured method)."""
+        return self.method == "none" or (not METHODS.get(self.method).structured and self.effective_sparsity == 0.0)
+
+    @property
     def needs_calibration(self) -> bool:
+        if METHODS.get(self.method).structured:
+            return self.shortgpt_mode == "bi"
         if self.method == "none" or self.effective_sparsity == 0.0:
             return False
         return METHODS.get(self.method).uses_activations or ALLOCATORS.get(self.alloc).needs_activations
@@ -134,6 +171,19 @@ class PruneConfig:
             if close:
                 raise PruneConfigError(f"unknown model arg {key!r} (did you mean {close[0]!r}?); prune keys: {', '.join(cls.keys())}")
         return cls.from_mapping(ours), rest
+
+
+def _check_source(name: str, source: str) -> None:
+    """A text/token source: a Hub set name or an existing file of a known kind ('' = unset)."""
+    if not source or source in HUB_CALIBRATION_SETS:
+        return
+    path = Path(source)
+    if path.suffix not in TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES:
+        raise PruneConfigError(
+            f"{name}={source!r} is not allowed; use {', '.join(HUB_CALIBRATION_SETS)} or a path ending in {', '.join(TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise PruneConfigError(f"{'calibration' if name == 'calibration' else name} file {source!r} does not exist")
 
 
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

@@ -38,5 +38,8 @@ METHODS.add("none", MethodSpec("none", "", "", description="dense baseline: noth
 METHODS.add("magnitude", MethodSpec("magnitude", "magnitude", "matrix", description="|W|, one threshold per matrix"))
 METHODS.add("wanda", MethodSpec("wanda", "wanda", "row", description="|W|*||X_j||_2, per output row"))
 
+METHODS.add("shortgpt", MethodSpec("shortgpt", "", "", structured=True, description="remove whole decoder blocks (ShortGPT)"))
+
 ALLOCATORS.add("uniform", AllocSpec("uniform", False, "every linear at the target sparsity"))
 ALLOCATORS.add("owl", AllocSpec("owl", True, "outlier-weighed layer-wise sparsity (OWL)"))
+ALLOCATORS.add("layerif", AllocSpec("layerif", False, "layer quality from influence scores (LayerIF)"))

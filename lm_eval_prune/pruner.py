@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from .config import PruneConfig
 from .errors import PruneConfigError
 from .masks import apply_mask_, build_mask, magnitude_scores, outlier_percent, wanda_scores
 from .methods import METHODS
-from .model_utils import block_linears, check_architecture, decoder_blocks
+from .model_utils import block_linear_params, block_linears, check_architecture, decoder_blocks
 from .report import LayerRecord, PruneReport, library_versions, peak_memory
 from .sequential import BlockInputs, capture_block_inputs, non_block_modules_on, propagate, run_block
 from .stats import column_stats
@@ -32,17 +33,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_seqlen(config: PruneConfig, model_config: Any) -> None:
-    """Calibration windows must fit the model's positions (never default seqlen to them either)."""
+def check_against_model_config(config: PruneConfig, model_config: Any) -> None:
+    """Errors that need only the model's config (so the CLI raises them before weights load)."""
     max_positions = getattr(model_config, "max_position_embeddings", None)
     if config.needs_calibration and max_positions is not None and config.seqlen > max_positions:
         raise PruneConfigError(f"seqlen={config.seqlen} exceeds the model's max_position_embeddings={max_positions}")
+    n_blocks = getattr(model_config, "num_hidden_layers", None)
+    if config.drop_layers and n_blocks is not None and config.drop_layers >= n_blocks:
+        raise PruneConfigError(f"drop_layers={config.drop_layers} must be < the model's {n_blocks} blocks")
+    if config.layerif_scores and n_blocks is not None:
+        from .layer_scores import read_score_file
+
+        read_score_file(config.layerif_scores, n_blocks)
 
 
 def check_model_fits(model: nn.Module, config: PruneConfig) -> None:
     """Errors that need the model: its architecture, N:M divisibility and seqlen within its positions."""
     check_architecture(model.config)
-    check_seqlen(config, model.config)
+    check_against_model_config(config, model.config)
     if config.nm is not None and config.method != "none":
         m = config.nm[1]
         for index, block in enumerate(decoder_blocks(model)):
@@ -91,21 +99,41 @@ def owl_outlier_percents(model: nn.Module, inputs: BlockInputs, config: PruneCon
     return percents
 
 
-Allocator = Callable[[nn.Module, "BlockInputs | None", PruneConfig, torch.device], list[float]]
+@dataclass
+class AllocationInputs:
+    """What an allocator may use; each takes what it needs and records what it found in ``report.extra``."""
+
+    model: nn.Module
+    config: PruneConfig
+    device: torch.device
+    inputs: BlockInputs | None
+    tokenizer: Any
+    layer_scores: list[float] | None
+    report: PruneReport
 
 
-def _allocate_uniform(model: nn.Module, _inputs: BlockInputs | None, config: PruneConfig, _device: torch.device) -> list[float]:
-    return allocation.uniform(len(decoder_blocks(model)), config.effective_sparsity)
+def _allocate_uniform(a: AllocationInputs) -> list[float]:
+    return allocation.uniform(len(decoder_blocks(a.model)), a.config.effective_sparsity)
 
 
-def _allocate_owl(model: nn.Module, inputs: BlockInputs | None, config: PruneConfig, device: torch.device) -> list[float]:
-    assert inputs is not None
-    percents = owl_outlier_percents(model, inputs, config, device)
+def _allocate_owl(a: AllocationInputs) -> list[float]:
+    assert a.inputs is not None
+    percents = owl_outlier_percents(a.model, a.inputs, a.config, a.device)
     log.info("OWL outlier percents per block: %s", [round(p, 4) for p in percents])
-    return allocation.owl(percents, config.sparsity, config.owl_lambda)
+    a.report.extra["owl_outlier_percents"] = percents
+    return allocation.owl(percents, a.config.sparsity, a.config.owl_lambda)
 
 
-ALLOCATE: dict[str, Allocator] = {"uniform": _allocate_uniform, "owl": _allocate_owl}
+def _allocate_layerif(a: AllocationInputs) -> list[float]:
+    from .layer_scores import cached_layerif_scores
+
+    scores = a.layer_scores if a.layer_scores is not None else cached_layerif_scores(a.model, a.tokenizer, a.config, None, {})
+    a.report.extra["layer_scores"] = list(scores)
+    params = [block_linear_params(block) for block in decoder_blocks(a.model)]
+    return allocation.layerif(scores, a.config.sparsity, a.config.layerif_eps, params)
+
+
+ALLOCATE: dict[str, Callable[[AllocationInputs], list[float]]] = {"uniform": _allocate_uniform, "owl": _allocate_owl, "layerif": _allocate_layerif}
 
 
 @torch.no_grad()
@@ -114,11 +142,13 @@ def prune_(
     config: PruneConfig,
     tokenizer: Any = None,
     calibration: torch.Tensor | None = None,
+    layer_scores: list[float] | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place as ``config`` says and return the report.
 
     ``calibration`` (``LongTensor[nsamples, seqlen]``) overrides ``config.calibration``; otherwise the source is
-    read with ``tokenizer``. Statistics and scores are fp32 whatever the model dtype.
+    read with ``tokenizer``. ``layer_scores`` (one per block) feed ``alloc=layerif`` instead of computing them.
+    Statistics and scores are fp32 whatever the model dtype.
     """
     start = time.perf_counter()
     device = resolve_device(config.device)
@@ -145,9 +175,16 @@ def prune_(
             report.passes["calibration_capture"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        targets = ALLOCATE[config.alloc](model, inputs, config, device) if method.score else [0.0] * len(decoder_blocks(model))
+        if method.structured:
+            _remove_blocks(model, config, inputs, device, report)
+            targets = [0.0] * len(decoder_blocks(model))  # the remaining blocks are recorded, not pruned
+        elif method.score:
+            targets = ALLOCATE[config.alloc](AllocationInputs(model, config, device, inputs, tokenizer, layer_scores, report))
+        else:
+            targets = [0.0] * len(decoder_blocks(model))
         report.passes["allocation"] = time.perf_counter() - tick
-        report.block_sparsity = targets
+        if not method.structured:
+            report.block_sparsity = targets
 
         tick = time.perf_counter()
         prefix = _block_prefix(model)
@@ -179,6 +216,31 @@ def prune_(
     report.peak_memory_bytes, report.peak_memory_kind = peak_memory(device)
     log.info("pruned %s: overall sparsity %.4f in %.2f s", config.method, report.overall_sparsity, report.seconds)
     return report
+
+
+def _remove_blocks(model: nn.Module, config: PruneConfig, inputs: BlockInputs | None, device: torch.device, report: PruneReport) -> None:
+    """ShortGPT: drop the ``drop_layers`` blocks of lowest Block Influence (or the last ones in ``tail`` mode)."""
+    from .layer_scores import block_influence, remove_blocks_
+
+    blocks = decoder_blocks(model)
+    count = len(blocks)
+    if config.drop_layers >= count:
+        raise PruneConfigError(f"drop_layers={config.drop_layers} must be < the model's {count} blocks")
+    if config.shortgpt_mode == "bi":
+        assert inputs is not None
+        influence: list[float | None] = list(block_influence(model, inputs, device, config.offload))
+        remove = sorted(sorted(range(count), key=lambda i: (influence[i], i))[: config.drop_layers])
+    else:
+        influence = [None] * count
+        remove = list(range(count - config.drop_layers, count))
+    params = [block_linear_params(block) for block in blocks]
+    report.removed_params = sum(params[i] for i in remove)
+    report.block_sparsity = [1.0 if i in remove else 0.0 for i in range(count)]
+    report.extra["block_influence"] = influence
+    report.extra["removed_blocks"] = [{"index": i, "block_influence": influence[i]} for i in remove]
+    report.extra["removed_param_share"] = report.removed_params / sum(params)
+    remove_blocks_(model, remove)
+    log.info("ShortGPT removed blocks %s (%.2f%% of block-linear weights)", remove, 100 * report.extra["removed_param_share"])
 
 
 def count_zeros(model: nn.Module) -> dict[str, int]:

@@ -32,6 +32,7 @@ class PruneReport:
     block_sparsity: list[float] = field(default_factory=list)
     block_achieved_sparsity: list[float] = field(default_factory=list)
     overall_sparsity: float = 0.0
+    removed_params: int = 0
     calibration: dict[str, Any] = field(default_factory=dict)
     passes: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -44,8 +45,9 @@ class PruneReport:
         """Fill the measured sparsities from zero counts of each linear's weight."""
         for layer in self.layers:
             layer.sparsity = zeros_by_name[layer.name] / layer.numel
-        total = sum(layer.numel for layer in self.layers)
-        self.overall_sparsity = sum(zeros_by_name[layer.name] for layer in self.layers) / total if total else 0.0
+        total = sum(layer.numel for layer in self.layers) + self.removed_params  # removed blocks count as pruned weights
+        zeros = sum(zeros_by_name[layer.name] for layer in self.layers) + self.removed_params
+        self.overall_sparsity = zeros / total if total else 0.0
         by_block: dict[int, list[LayerRecord]] = {}
         for layer in self.layers:
             by_block.setdefault(block_index(layer.name), []).append(layer)

@@ -165,7 +165,7 @@ def test_method_none_is_the_dense_baseline(setup):
     [
         ("metod=wanda", "unknown model arg 'metod' (did you mean 'method'?)"),
         ("sparsity=abc", "sparsity='abc' is not a valid float"),
-        ("alloc=owll", "unknown alloc 'owll'; allowed: owl, uniform"),
+        ("alloc=owll", "unknown alloc 'owll'; allowed: layerif, owl, uniform"),
     ],
 )
 def test_near_miss_keys_fail_before_weights_load(setup, extra, message, monkeypatch):

@@ -27,7 +27,7 @@ class PruneRequest:
 
     @property
     def dense(self) -> bool:
-        return self.config.method == "none" or self.config.effective_sparsity == 0.0
+        return self.config.is_dense
 
 
 def split_model_args(kwargs: dict[str, Any], foreign: frozenset[str] = FOREIGN_KEYS) -> tuple[PruneRequest, dict[str, Any]]:
@@ -58,6 +58,16 @@ def summary(report: PruneReport, status: str, key: str | None) -> dict[str, Any]
     }
 
 
+def layer_scores_for(model: Any, tokenizer: Any, config: PruneConfig, cache: PruneCache | None, identity: dict[str, Any]) -> list[float] | None:
+    """LayerIF scores through the cache (they cost backward passes); None for other allocations."""
+    if config.alloc != "layerif":
+        return None
+    from ..cache import data_identity
+    from ..layer_scores import cached_layerif_scores
+
+    return cached_layerif_scores(model, tokenizer, config, cache.root if cache else None, {"model": identity, "data": data_identity(config)})
+
+
 def prune_loaded_model_(model: Any, tokenizer: Any, pretrained: str, revision: str | None, request: PruneRequest) -> tuple[PruneReport, str, str | None]:
     """Prune an already loaded model in place, or load its pruned weights from the cache. -> (report, status, key)."""
     from ..checkpoint import load_linear_weights_, write_checkpoint
@@ -68,12 +78,14 @@ def prune_loaded_model_(model: Any, tokenizer: Any, pretrained: str, revision: s
     if request.dense:
         return prune_(model, config), "dense", None
     if request.cache is None:
-        return prune_(model, config, tokenizer), "disabled", None
-    key = cache_key(config, model_identity(pretrained, revision, model.config))
+        return prune_(model, config, tokenizer), "disabled", None  # LayerIF scores are computed, not cached
+    identity = model_identity(pretrained, revision, model.config)
+    key = cache_key(config, identity)
     built: dict[str, PruneReport] = {}
 
     def build(directory: Any) -> None:
-        built["report"] = prune_(model, config, tokenizer)
+        scores = layer_scores_for(model, tokenizer, config, request.cache, identity)
+        built["report"] = prune_(model, config, tokenizer, layer_scores=scores)
         built["report"].extra.update(base_model=pretrained, revision=revision)
         write_checkpoint(model, tokenizer, built["report"], directory)
 
@@ -82,6 +94,10 @@ def prune_loaded_model_(model: Any, tokenizer: Any, pretrained: str, revision: s
         log.info("pruned %s and stored it in the prune cache at %s", pretrained, entry)
         return built["report"], "built", key
     report = PruneReport.load(entry)
+    if report.extra.get("removed_blocks"):  # ShortGPT: take the same blocks out before loading the rest
+        from ..layer_scores import remove_blocks_
+
+        remove_blocks_(model, [block["index"] for block in report.extra["removed_blocks"]])
     load_linear_weights_(model, entry, [layer.name for layer in report.layers])
     log.warning("prune cache hit: loaded the pruned weights from %s, skipping pruning", entry)
     return report, "hit", key
@@ -96,12 +112,14 @@ def pruned_checkpoint(pretrained: str, revision: str | None, dtype: str, request
 
     model_config, tokenizer = load_config_and_tokenizer(pretrained, revision)
     cache = request.cache or PruneCache(tempfile.mkdtemp(prefix="lm_eval_prune_"))
-    key = cache_key(request.config, model_identity(pretrained, revision, model_config))
+    identity = model_identity(pretrained, revision, model_config)
+    key = cache_key(request.config, identity)
 
     def build(directory: Any) -> None:
         device = resolve_device(request.config.device)
         model = load_model(pretrained, dtype, None if request.config.offload or device.type == "cpu" else str(device), revision)
-        report = prune_(model, request.config, tokenizer)
+        scores = layer_scores_for(model, tokenizer, request.config, request.cache, identity)
+        report = prune_(model, request.config, tokenizer, layer_scores=scores)
         report.extra.update(base_model=pretrained, revision=revision)
         write_checkpoint(model, tokenizer, report, directory)
         del model
