@@ -142,6 +142,56 @@ def layer_scores(model: str, dtype: str, revision: str | None, kind: str, save_p
         plot_layer_scores(scores, sparsities, kind, model, plot_path)
 
 
+@main.command()
+@click.argument("checkpoint", type=click.Path(file_okay=False))
+@click.option("--repo-id", required=True, help="USER/NAME on the Hub.")
+@click.option("--results", "results", multiple=True, type=click.Path(), help="lm-eval results JSON of this model (or its dense base); repeatable.")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@click.option("--dry-run", is_flag=True, help="Render the card, list files, check repo id and token; write nothing.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--revision", default=None, help="Branch to commit to (created if missing).")
+@click.option("--base-model", default=None, help="Hub id of the base model, when the checkpoint was pruned from a local copy.")
+@click.option("--license", "license_id", default=None, help="License id for the card (default: the base model's, when known).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (never asked without a terminal).")
+@click.option("--show-card", is_flag=True, help="Print the rendered model card.")
+def publish(checkpoint: str, repo_id: str, results: tuple[str, ...], private: bool, dry_run: bool, create_pr: bool, revision: str | None,
+            base_model: str | None, license_id: str | None, yes: bool, show_card: bool) -> None:
+    """Upload a pruned CHECKPOINT directory with a generated model card to the Hugging Face Hub."""
+    import sys
+
+    from .hub import PublishError, check_repo_id, load_checkpoint_report
+    from .hub import publish as run_publish
+
+    try:
+        check_repo_id(repo_id)
+        load_checkpoint_report(checkpoint)
+        if not dry_run and not yes and sys.stdin.isatty():
+            click.confirm(f"Upload {checkpoint} to {repo_id}{' (private)' if private else ''}?", abort=True)
+        plan = run_publish(checkpoint, repo_id, list(results), private=private, dry_run=dry_run, create_pr=create_pr, revision=revision,
+                           base_model=base_model, license_id=license_id)
+    except (PublishError, ValueError) as exc:
+        raise click.UsageError(str(exc).splitlines()[0]) from None
+    if show_card or dry_run:
+        click.echo(plan.card)
+    summary = {"repo_id": plan.repo_id, "dry_run": dry_run, "files": [{"name": n, "bytes": b} for n, b in plan.files], "commits": plan.commits}
+    click.echo(json.dumps(summary, indent=1))
+
+
+@main.command()
+@click.argument("results_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "html", "json"]), default="markdown", show_default=True)
+@click.option("--metric", default="exact_match", show_default=True)
+@click.option("--plot", "plot_path", default=None, help="PNG of accuracy against thinking budget, one line per variant, per task.")
+def leaderboard(results_dirs: tuple[str, ...], fmt: str, metric: str, plot_path: str | None) -> None:
+    """Compare pruned variants from lm-eval results files (mean ± std over seeds, best per column, change vs dense)."""
+    from .leaderboard import leaderboard as build
+
+    try:
+        click.echo(build(list(results_dirs), fmt, metric, plot_path), nl=False)
+    except ValueError as exc:
+        raise click.UsageError(str(exc).splitlines()[0]) from None
+
+
 @main.command(name="eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
 @click.argument("lm_eval_args", nargs=-1, type=click.UNPROCESSED)
 def eval_command(lm_eval_args: tuple[str, ...]) -> None:

@@ -21,7 +21,9 @@ def split_response(response: str) -> tuple[str, str, dict[str, Any]]:
     """(thinking, answer, budget-forcing record or {}) of one model response."""
     record = parse_response(response)
     if record is not None:
-        return record["thinking"], record["answer"], record
+        # when the budget ran out the prompt ended in "Final Answer:", so the answer text continues that line
+        answer = ("Final Answer:" + record["answer"]) if record.get("budget_exhausted") else record["answer"]
+        return record["thinking"], answer, record
     for marker in ANSWER_MARKERS:
         if marker in response:
             thinking, _, answer = response.rpartition(marker)

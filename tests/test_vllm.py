@@ -78,3 +78,23 @@ def test_budget_forcing_is_the_same_in_hf_and_vllm(tmp_path):
     assert from_hf == from_vllm
     assert [t["forced_waits"] for t in from_vllm] == [2, 1, 0]
     assert from_vllm[1]["thinking_tokens"] == 4 and from_vllm[1]["budget_exhausted"]
+
+
+def test_shortgpt_checkpoint_loads_and_generates_in_vllm(tmp_path):
+    from lm_eval_prune.lm_eval_plugin import register
+
+    register()
+    from lm_eval.api.registry import get_model
+
+    model = write_model(tmp_path / "model", hidden=256, arch="qwen2")
+    calib = write_calibration(tmp_path)
+    args = f"pretrained={model},method=shortgpt,drop_layers=1,calibration={calib},nsamples=4,seqlen=16,prune_cache={tmp_path / 'cache'},max_model_len=128"
+    lm = get_model("pruned-vllm").create_from_arg_string(args, {"batch_size": "auto"})
+    assert lm.prune_report.extra["removed_blocks"][0]["index"] in (0, 1)
+
+    class Request:
+        args = ("the cat sat on the", {"until": ["."], "max_gen_toks": 5, "do_sample": False})
+
+    [text] = lm.generate_until([Request()])
+    assert isinstance(text, str)
+    assert lm.model.llm_engine.model_config.hf_config.num_hidden_layers == 1
