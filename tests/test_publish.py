@@ -103,7 +103,7 @@ def test_rerun_after_interruption_finishes_without_duplicating(hub, checkpoint, 
 
     monkeypatch.setattr(hub_module, "SINGLE_COMMIT_BYTES", 10_000)  # weights get a commit of their own
     hub.fail_commits_after = 1
-    with pytest.raises(Exception, match="503|simulated interruption|Server Error"):
+    with pytest.raises(Exception, match=r"503|simulated interruption|Server Error"):
         publish(checkpoint, "alice/resume", api=api(hub))
     repo = hub.repos["alice/resume"]
     assert len(repo.commits) == 1 and "README.md" not in repo.branches["main"]

@@ -45,8 +45,12 @@ class PrunedVLLM(VLLM):
         """lm-eval's generation, plus s1 budget forcing (batched across requests) where gen_kwargs ask for it."""
         from transformers import GenerationConfig
 
-        from ..generation import eos_ids, generate_until_with_budget_forcing, prompt_encoder, vllm_run_steps
+        from ..generation import eos_ids, generate_until_with_budget_forcing, prompt_encoder, split_requests, vllm_run_steps
 
+        if getattr(self, "data_parallel_size", 1) > 1:
+            if split_requests(requests, lambda _: [], self.max_gen_toks)[0]:
+                raise ValueError("budget forcing in pruned-vllm needs data_parallel_size=1 (use tensor_parallel_size, or one run per GPU)")
+            return super().generate_until(requests, disable_tqdm)
         try:
             generation_config = GenerationConfig.from_pretrained(self.checkpoint_dir)
         except OSError:
