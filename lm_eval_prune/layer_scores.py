@@ -82,13 +82,21 @@ def layerif_influence(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.
     linears = [list(block_linears(block).values()) for block in blocks]
     weights = [linear.weight for group in linears for linear in group]
     saved = {id(p): p.requires_grad for p in model.parameters()}
-    was_training, checkpointing = model.training, getattr(model, "is_gradient_checkpointing", False)
+    was_training = model.training
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    checkpointing = getattr(model, "is_gradient_checkpointing", False) if checkpointing is None else checkpointing
     for param in model.parameters():
         param.requires_grad_(False)
     for weight in weights:
         weight.requires_grad_(True)
-    if hasattr(model, "gradient_checkpointing_enable"):
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        disable = model.activation_checkpointing_disable
+    elif hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        disable = model.gradient_checkpointing_disable
+    else:
+        disable = None
     model.train()  # checkpointing is active in train mode only; these architectures have no dropout at 0.0 rates
     try:
         for weight in weights:
@@ -109,8 +117,8 @@ def layerif_influence(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.
             weight.grad = None
         for param in model.parameters():
             param.requires_grad_(saved[id(param)])
-        if hasattr(model, "gradient_checkpointing_disable") and not checkpointing:
-            model.gradient_checkpointing_disable()
+        if disable is not None and not checkpointing:
+            disable()
         model.train(was_training)
     if not any(scores):
         log.warning("LayerIF scores are all zero: no training sample raises the validation loss (all <G_val, g_i> >= 0); "

@@ -156,7 +156,8 @@ def prune_(
     check_model_fits(model, config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if not config.offload:
+    dispatched = len(set(getattr(model, "hf_device_map", {}).values())) > 1  # e.g. HFLM's parallelize=True
+    if not config.offload and not dispatched:
         model.to(device)
     report = PruneReport(config=config.to_dict(), fingerprint="", versions=library_versions())
 
@@ -171,7 +172,8 @@ def prune_(
             digest = tokens_digest(ids)
             report.calibration = {"source": config.calibration, "nsamples": config.nsamples, "seqlen": config.seqlen, "seed": config.seed, "tokens_sha256_16": digest}
             with non_block_modules_on(model, device) if config.offload else nullcontext():
-                inputs = capture_block_inputs(model, ids, config.calib_batch_size, device)
+                embed_device = model.get_input_embeddings().weight.device
+                inputs = capture_block_inputs(model, ids, config.calib_batch_size, embed_device)
             report.passes["calibration_capture"] = time.perf_counter() - tick
 
         tick = time.perf_counter()

@@ -25,6 +25,20 @@ class BlockInputs:
     def tokens(self) -> int:
         return sum(h.shape[0] * h.shape[1] for h in self.hidden)
 
+    def to(self, device: torch.device) -> BlockInputs:
+        """The same inputs on ``device`` (for models whose blocks live on several GPUs)."""
+        if self.hidden[0].device == device:
+            return self
+        return BlockInputs([h.to(device) for h in self.hidden], [{k: _to(v, device) for k, v in kw.items()} for kw in self.kwargs])
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
 
 class _StopForward(Exception):
     """Raised by the capture hook to end the model forward at block 0."""
@@ -108,6 +122,8 @@ def propagate(
         home = next(block.parameters()).device
         if offload:
             block.to(device)
+        if inputs is not None:  # blocks of a model dispatched over several GPUs take their inputs where they live
+            inputs = inputs.to(device if offload else home)
         try:
             outputs = visit(index, block, inputs)
             if inputs is not None and index + 1 < len(blocks):

@@ -163,3 +163,13 @@ def test_cli_dry_run_never_prints_the_token(hub, checkpoint):
                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]  # no terminal: no prompt
     assert "README.md" in hub.repos["alice/cli"].branches["main"]
+
+
+def test_card_update_commits_only_the_card(hub, checkpoint, tmp_path):
+    publish(checkpoint, "alice/card", api=api(hub))
+    before = hub.commit_count()
+    assert "thinking-budget" not in hub.repos["alice/card"].branches["main"]["README.md"].decode()
+    publish(checkpoint, "alice/card", results_for(checkpoint, tmp_path), api=api(hub))
+    repo = hub.repos["alice/card"]
+    assert hub.commit_count() == before + 1 and repo.commits[-1]["files"] == ["README.md"]
+    assert "thinking-budget-8" in repo.branches["main"]["README.md"].decode()
