@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .config import HUB_CALIBRATION_SETS, PruneConfig
 log = logging.getLogger(__name__)
 
 MANIFEST = "cache_manifest.json"
+WAIT_ENV = "LM_EVAL_PRUNE_WAIT_SECONDS"
 DISABLED = ("none", "off", "false", "0", "")
 
 
@@ -119,13 +121,29 @@ class PruneCache:
             (tmp / MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=1))
         return entry
 
-    def get_or_build(self, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
-        """(entry, built_here): under a file lock, so among concurrent processes exactly one builds."""
-        with self.lock(key):
-            found = self.lookup(key)
-            if found is not None:
-                return found, False
-            return self.store(key, build), True
+    def get_or_build(self, key: str, build: Callable[[Path], None], may_build: bool = True, wait_seconds: float = 0.0) -> tuple[Path, bool]:
+        """(entry, built_here): under a file lock, so among concurrent processes exactly one builds.
+
+        A process that may not build (a non-zero rank of a distributed launch, where transformers writes checkpoints
+        on rank 0 only) waits up to ``wait_seconds`` for the entry instead.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            with self.lock(key):
+                found = self.lookup(key)
+                if found is not None:
+                    return found, False
+                if may_build:
+                    return self.store(key, build), True
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {wait_seconds:.0f} s for prune cache entry {self.entry(key)} (built by rank 0); set {WAIT_ENV} to wait longer")
+            time.sleep(1.0)
+
+
+def builder_rank() -> tuple[bool, float]:
+    """(may this process build cache entries, how long to wait otherwise): rank 0 of a torchrun/accelerate launch builds."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    return rank == 0, float(os.environ.get(WAIT_ENV, str(24 * 3600)))
 
 
 def verify_entry(entry: Path) -> str | None:

@@ -112,3 +112,21 @@ def test_pruned_hf_budget_forcing_on_a_scripted_model(tmp_path):
     plain = lm.generate_until([FakeRequest("question", gen)])
     assert parse_response(plain[0]) is None and "step" in plain[0]
     assert json.loads(lm.generate_until(requests[:1])[0])["budget"] == 100
+
+
+def test_seeded_sampling_is_reproducible(tmp_path):
+    from lm_eval_fixtures import write_model
+
+    from lm_eval_prune.lm_eval_plugin import register
+
+    register()
+    from lm_eval.api.registry import get_model
+
+    lm = get_model("pruned-hf").create_from_arg_string(f"pretrained={write_model(tmp_path / 'm')},method=none", {"device": "cpu", "batch_size": 1})
+    gen = {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": True, "temperature": 1.0}
+    first = lm.generate_until([FakeRequest("the cat", {**gen, "seed": 3}) for _ in range(3)])
+    again = lm.generate_until([FakeRequest("the cat", {**gen, "seed": 3}) for _ in range(3)])
+    other = lm.generate_until([FakeRequest("the cat", {**gen, "seed": 4}) for _ in range(3)])
+    assert first == again and first != other
+    assert len(set(first)) > 1  # each repeat gets seed + its index, so repeats differ
+    assert all(parse_response(text) is None for text in first)  # no budget forcing asked: plain text

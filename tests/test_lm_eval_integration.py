@@ -237,3 +237,17 @@ def test_hook_line_imports_nothing_outside_lm_eval(tmp_path):
     assert inside.returncode == 0, inside.stderr
     modules, registered = inside.stdout.strip().splitlines()
     assert "lm_eval_prune.lm_eval_plugin" in modules and "torch" not in modules and registered == "True"
+
+
+@pytest.mark.skipif(not hook_installed(), reason="the startup hook is installed by a wheel install (tox), not by -e")
+def test_torchrun_data_parallel_prunes_once(setup, tmp_path):
+    """Two lm-eval processes launched together (torchrun, gloo on CPU): one prunes, the other loads its cache entry."""
+    cache = tmp_path / "cache"
+    proc = run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517", "-m", "lm_eval", "--model", "pruned-hf",
+                "--model_args", model_args(setup, cache), "--device", "cpu", "--tasks", "tiny_choice", "--include_path", str(setup["tasks"]),
+                "--output_path", str(tmp_path / "out"), "--limit", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert log.count("Initializing pruned-hf model") == 2
+    assert log.count("prune cache hit") == 1
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1

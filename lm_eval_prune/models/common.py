@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..cache import PruneCache, cache_key, model_identity
+from ..cache import PruneCache, builder_rank, cache_key, model_identity
 from ..config import PruneConfig
 from ..report import PruneReport
 
@@ -89,7 +89,8 @@ def prune_loaded_model_(model: Any, tokenizer: Any, pretrained: str, revision: s
         built["report"].extra.update(base_model=pretrained, revision=revision)
         write_checkpoint(model, tokenizer, built["report"], directory)
 
-    entry, built_here = request.cache.get_or_build(key, build)
+    may_build, wait = builder_rank()
+    entry, built_here = request.cache.get_or_build(key, build, may_build, wait)
     if built_here:
         log.info("pruned %s and stored it in the prune cache at %s", pretrained, entry)
         return built["report"], "built", key
@@ -124,7 +125,8 @@ def pruned_checkpoint(pretrained: str, revision: str | None, dtype: str, request
         write_checkpoint(model, tokenizer, report, directory)
         del model
 
-    entry, built_here = cache.get_or_build(key, build)
+    may_build, wait = builder_rank()
+    entry, built_here = cache.get_or_build(key, build, may_build or request.cache is None, wait)
     if not built_here:
         log.warning("prune cache hit: using the pruned checkpoint at %s, skipping pruning", entry)
     status = ("built" if built_here else "hit") if request.cache is not None else "disabled"
