@@ -106,6 +106,7 @@ def eos_ids(tokenizer: Any, generation_config: Any) -> list[int]:
 
 
 def _finish(new: list[int], stops: Sequence[int], thinking: bool) -> StepResult:
+    """Strip a final stop/eos id (vLLM ends on it) and say whether it ended a thinking step."""
     stopped = bool(new) and new[-1] in stops
     return (new[:-1] if stopped else new), stopped and thinking
 
@@ -117,42 +118,69 @@ def clamp(step: Step, max_length: int) -> Step:
 
 
 # ----------------------------------------------------------------------------------------------- drivers
-def hf_run_steps(model: Any, tokenizer: Any, max_length: int) -> RunSteps:
-    """Run steps one by one with ``model.generate`` (greedy, or sampled with a seeded generator)."""
+def hf_run_steps(model: Any, tokenizer: Any, max_length: int, batch_size: int = 8) -> RunSteps:
+    """Run steps with ``model.generate``: greedy steps that share their stops in left-padded batches, seeded sampled
+    steps one at a time (a seed per request cannot be honoured inside a batch)."""
     import torch
     from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
     class StopOnStrings(StoppingCriteria):
-        """Stop once the decoded new text holds a stop string (any tokenizer; the text is cut later)."""
+        """Per row: stop once the decoded new text holds a stop string (any tokenizer; the text is cut later)."""
 
         def __init__(self, start: int, stops: Sequence[str]) -> None:
             self.start, self.stops = start, [s for s in stops if s]
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            text = tokenizer.decode(input_ids[0, self.start :], skip_special_tokens=False)
-            return torch.tensor([any(stop in text for stop in self.stops)], device=input_ids.device)
+            texts = tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=False)
+            return torch.tensor([any(stop in text for stop in self.stops) for text in texts], device=input_ids.device)
 
     device = next(model.parameters()).device
     eos = eos_ids(tokenizer, model.generation_config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
 
-    def run_one(step: Step, sampling: Sampling) -> StepResult:
-        step = clamp(step, max_length)
-        if step.max_new <= 0:
-            return [], False
-        stops = list(step.stop_ids) + [e for e in eos if e not in step.stop_ids]
+    def run_batch(steps: list[Step], sampling: Sampling) -> list[StepResult]:
+        stops = list(steps[0].stop_ids) + [e for e in eos if e not in steps[0].stop_ids]
+        width = max(len(step.prefix) for step in steps)
+        ids = torch.full((len(steps), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(steps), width), dtype=torch.long)
+        for row, step in enumerate(steps):
+            ids[row, width - len(step.prefix) :] = torch.tensor(step.prefix)
+            mask[row, width - len(step.prefix) :] = 1
         sample = sampling.temperature > 0
-        config = GenerationConfig(max_new_tokens=step.max_new, do_sample=sample, temperature=sampling.temperature if sample else None,
+        config = GenerationConfig(max_new_tokens=max(step.max_new for step in steps), do_sample=sample, temperature=sampling.temperature if sample else None,
                                   top_p=sampling.top_p if sample else None, top_k=None, eos_token_id=stops, pad_token_id=pad)
         if sampling.seed is not None:
-            torch.manual_seed(sampling.seed + len(step.prefix))
-        ids = torch.tensor([step.prefix], device=device)
-        criteria = StoppingCriteriaList([StopOnStrings(len(step.prefix), step.stop_strings)] if step.stop_strings else [])
+            torch.manual_seed(sampling.seed + width)
+        criteria = StoppingCriteriaList([StopOnStrings(width, steps[0].stop_strings)] if steps[0].stop_strings else [])
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, stopping_criteria=criteria)
-        return _finish(out[0, len(step.prefix) :].tolist(), stops, bool(step.stop_ids))
+            out = model.generate(ids.to(device), attention_mask=mask.to(device), generation_config=config, stopping_criteria=criteria)
+        results: list[StepResult] = []
+        for row, step in enumerate(steps):
+            new = out[row, width:].tolist()
+            cut = next((k for k, token in enumerate(new) if token in stops), None)
+            if cut is not None and cut < step.max_new:
+                results.append((new[:cut], bool(step.stop_ids)))
+            else:
+                results.append((new[: step.max_new], False))
+        return results
 
-    return lambda steps, samplings: [run_one(s, p) for s, p in zip(steps, samplings, strict=True)]
+    def run(steps: list[Step], samplings: list[Sampling]) -> list[StepResult]:
+        steps = [clamp(step, max_length) for step in steps]
+        results: list[StepResult] = [([], False)] * len(steps)
+        groups: dict[Any, list[int]] = {}
+        for index, (step, sampling) in enumerate(zip(steps, samplings, strict=True)):
+            if step.max_new > 0:
+                key = (step.stop_ids, step.stop_strings, sampling) if sampling.seed is None else ("alone", index)
+                groups.setdefault(key, []).append(index)
+        for members in groups.values():
+            members.sort(key=lambda i: len(steps[i].prefix))
+            for start in range(0, len(members), batch_size):
+                chunk = members[start : start + batch_size]
+                for index, result in zip(chunk, run_batch([steps[i] for i in chunk], samplings[chunk[0]]), strict=True):
+                    results[index] = result
+        return results
+
+    return run
 
 
 def vllm_run_steps(llm: Any, eos: Sequence[int], max_length: int) -> RunSteps:

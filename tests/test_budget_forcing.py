@@ -130,3 +130,27 @@ def test_seeded_sampling_is_reproducible(tmp_path):
     assert first == again and first != other
     assert len(set(first)) > 1  # each repeat gets seed + its index, so repeats differ
     assert all(parse_response(text) is None for text in first)  # no budget forcing asked: plain text
+
+
+def test_hf_batched_greedy_steps_equal_one_at_a_time(tmp_path, tok):
+    """Left-padded batches of different prompt lengths give the same greedy tokens as single prompts."""
+    import torch
+    from conftest import make_model, make_tokenizer
+
+    from lm_eval_prune.budget_forcing import Step
+    from lm_eval_prune.generation import Sampling, hf_run_steps
+
+    model, bpe = make_model(layers=2), make_tokenizer()
+    prompts = [bpe.encode(text) for text in ("the cat", "one two three four five six", "wait, let me think again about")]
+    steps = [Step(p, 12, (bpe.eos_token_id,)) for p in prompts] + [Step(prompts[0], 5, (), (".",))]
+    greedy = [Sampling()] * len(steps)
+    batched = hf_run_steps(model, bpe, max_length=256, batch_size=8)(steps, greedy)
+    single = hf_run_steps(model, bpe, max_length=256, batch_size=1)(steps, greedy)
+    assert batched == single
+    assert all(len(new) <= step.max_new for (new, _), step in zip(batched, steps, strict=True))
+    with torch.no_grad():
+        reference = model.generate(torch.tensor([prompts[1]]), max_new_tokens=12, do_sample=False, eos_token_id=[bpe.eos_token_id], pad_token_id=3)
+    expected = reference[0, len(prompts[1]) :].tolist()
+    if bpe.eos_token_id in expected:
+        expected = expected[: expected.index(bpe.eos_token_id)]
+    assert batched[1][0] == expected
