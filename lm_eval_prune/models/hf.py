@@ -40,9 +40,11 @@ class PrunedHFLM(HFLM):
         """lm-eval's generation, plus s1 budget forcing for requests whose gen_kwargs ask for it."""
         from ..generation import generate_until_with_budget_forcing, hf_run_steps, prompt_encoder
 
+        batch = self.batch_size if isinstance(self.batch_size, int) else 8  # "auto" sizes lm-eval's own batches only
         return generate_until_with_budget_forcing(
             requests, self.tokenizer, prompt_encoder(self.tokenizer, bool(self.add_bos_token)), self.max_gen_toks,
-            hf_run_steps(self.model, self.tokenizer, self.max_length, self.batch_size if isinstance(self.batch_size, int) else 8), lambda plain: super(PrunedHFLM, self).generate_until(plain, disable_tqdm),
+            hf_run_steps(self.model, self.tokenizer, self.max_length, batch),
+            lambda plain: super(PrunedHFLM, self).generate_until(plain, disable_tqdm),
         )
 
     def get_model_info(self) -> dict[str, Any]:
