@@ -153,7 +153,7 @@ def plan_upload(directory: str | Path, repo_id: str, card: str, private: bool, r
     return PublishPlan(repo_id, [*files, (CARD_NAME, len(card.encode()))], card, private, revision, create_pr)
 
 
-def _commit_groups(directory: Path, files: list[tuple[str, int]]) -> list[list[str]]:
+def _commit_groups(files: list[tuple[str, int]]) -> list[list[str]]:
     """Big files one per commit, small ones together; the card last, so a repo with a card is complete."""
     big = [[name] for name, size in files if size >= SINGLE_COMMIT_BYTES and name != CARD_NAME]
     small = [name for name, size in files if size < SINGLE_COMMIT_BYTES and name != CARD_NAME]
@@ -201,7 +201,7 @@ def publish(
     if revision and not create_pr:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     folder = Path(directory)
-    groups = [[name for name, _ in plan.files]] if create_pr else _commit_groups(folder, plan.files)
+    groups = [[name for name, _ in plan.files]] if create_pr else _commit_groups(plan.files)
     for group in groups:
         operations = [CommitOperationAdd(name, card.encode() if name == CARD_NAME else str(folder / name)) for name in group]
         info = api.create_commit(repo_id, operations=operations, commit_message=f"Upload {', '.join(group)} (lm-eval-prune)",

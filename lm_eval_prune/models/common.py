@@ -68,9 +68,22 @@ def layer_scores_for(model: Any, tokenizer: Any, config: PruneConfig, cache: Pru
     return cached_layerif_scores(model, tokenizer, config, cache.root if cache else None, {"model": identity, "data": data_identity(config)})
 
 
+def prune_and_write(
+    model: Any, tokenizer: Any, config: PruneConfig, cache: PruneCache | None, identity: dict[str, Any], base: tuple[str, str | None], directory: Any
+) -> PruneReport:
+    """Prune ``model`` (LayerIF scores through the cache) and write the checkpoint with its report into ``directory``."""
+    from ..checkpoint import write_checkpoint
+    from ..pruner import prune_
+
+    report = prune_(model, config, tokenizer, layer_scores=layer_scores_for(model, tokenizer, config, cache, identity))
+    report.extra.update(base_model=base[0], revision=base[1])
+    write_checkpoint(model, tokenizer, report, directory)
+    return report
+
+
 def prune_loaded_model_(model: Any, tokenizer: Any, pretrained: str, revision: str | None, request: PruneRequest) -> tuple[PruneReport, str, str | None]:
     """Prune an already loaded model in place, or load its pruned weights from the cache. -> (report, status, key)."""
-    from ..checkpoint import load_linear_weights_, write_checkpoint
+    from ..checkpoint import load_linear_weights_
     from ..pruner import prune_
 
     device = next(model.parameters()).device
@@ -84,10 +97,7 @@ def prune_loaded_model_(model: Any, tokenizer: Any, pretrained: str, revision: s
     built: dict[str, PruneReport] = {}
 
     def build(directory: Any) -> None:
-        scores = layer_scores_for(model, tokenizer, config, request.cache, identity)
-        built["report"] = prune_(model, config, tokenizer, layer_scores=scores)
-        built["report"].extra.update(base_model=pretrained, revision=revision)
-        write_checkpoint(model, tokenizer, built["report"], directory)
+        built["report"] = prune_and_write(model, tokenizer, config, request.cache, identity, (pretrained, revision), directory)
 
     may_build, wait = builder_rank()
     entry, built_here = request.cache.get_or_build(key, build, may_build, wait)
@@ -108,8 +118,8 @@ def pruned_checkpoint(pretrained: str, revision: str | None, dtype: str, request
     """A directory holding the pruned checkpoint (for engines that load from disk, such as vLLM). -> (dir, report, status, key)."""
     import tempfile
 
-    from ..checkpoint import load_config_and_tokenizer, load_model, write_checkpoint
-    from ..pruner import prune_, resolve_device
+    from ..checkpoint import load_config_and_tokenizer, load_model
+    from ..pruner import resolve_device
 
     model_config, tokenizer = load_config_and_tokenizer(pretrained, revision)
     cache = request.cache or PruneCache(tempfile.mkdtemp(prefix="lm_eval_prune_"))
@@ -119,10 +129,7 @@ def pruned_checkpoint(pretrained: str, revision: str | None, dtype: str, request
     def build(directory: Any) -> None:
         device = resolve_device(request.config.device)
         model = load_model(pretrained, dtype, None if request.config.offload or device.type == "cpu" else str(device), revision)
-        scores = layer_scores_for(model, tokenizer, request.config, request.cache, identity)
-        report = prune_(model, request.config, tokenizer, layer_scores=scores)
-        report.extra.update(base_model=pretrained, revision=revision)
-        write_checkpoint(model, tokenizer, report, directory)
+        prune_and_write(model, tokenizer, request.config, request.cache, identity, (pretrained, revision), directory)
         del model
 
     may_build, wait = builder_rank()
