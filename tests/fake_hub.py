@@ -31,6 +31,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
         self.fail_commits_after: int | None = None  # commits accepted before the server starts failing them
+        self.base_models: dict[str, dict] = {}  # read-only model infos (cardData) of base models
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -81,6 +82,8 @@ class FakeHub:
                 if url.path.startswith("/api/models/") and len(parts) >= 5:
                     repo_id = f"{parts[3]}/{parts[4]}"
                     repo = hub.repos.get(repo_id)
+                    if repo_id in hub.base_models:
+                        return self._send(200, {"id": repo_id, "sha": "1" * 40, "private": False, "cardData": hub.base_models[repo_id]})
                     if repo is None:
                         return self._send(404, {"error": "Repository not found"})
                     return self._send(200, {"id": repo_id, "sha": "0" * 40, "private": repo.private,

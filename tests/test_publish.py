@@ -173,3 +173,13 @@ def test_card_update_commits_only_the_card(hub, checkpoint, tmp_path):
     repo = hub.repos["alice/card"]
     assert hub.commit_count() == before + 1 and repo.commits[-1]["files"] == ["README.md"]
     assert "thinking-budget-8" in repo.branches["main"]["README.md"].decode()
+
+
+def test_license_is_carried_from_the_base_model(hub, checkpoint):
+    from huggingface_hub import ModelCard
+
+    hub.base_models["acme/tiny-base"] = {"license": "apache-2.0"}
+    plan = publish(checkpoint, "alice/lic", dry_run=True, api=api(hub))
+    assert ModelCard(plan.card).data.license == "apache-2.0"
+    hub.base_models.clear()
+    assert ModelCard(publish(checkpoint, "alice/lic", dry_run=True, api=api(hub)).card).data.license is None  # unknown: left out
