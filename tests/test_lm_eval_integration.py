@@ -243,7 +243,7 @@ def test_hook_line_imports_nothing_outside_lm_eval(tmp_path):
 def test_torchrun_data_parallel_prunes_once(setup, tmp_path):
     """Two lm-eval processes launched together (torchrun, gloo on CPU): one prunes, the other loads its cache entry."""
     cache = tmp_path / "cache"
-    proc = run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517", "-m", "lm_eval", "--model", "pruned-hf",
+    proc = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lm_eval", "--model", "pruned-hf",
                 "--model_args", model_args(setup, cache), "--device", "cpu", "--tasks", "tiny_choice", "--include_path", str(setup["tasks"]),
                 "--output_path", str(tmp_path / "out"), "--limit", "1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
