@@ -41,6 +41,15 @@ def check_against_model_config(config: PruneConfig, model_config: Any) -> None:
     n_blocks = getattr(model_config, "num_hidden_layers", None)
     if config.drop_layers and n_blocks is not None and config.drop_layers >= n_blocks:
         raise PruneConfigError(f"drop_layers={config.drop_layers} must be < the model's {n_blocks} blocks")
+    if config.nm is not None and config.method != "none":
+        m = config.nm[1]
+        hidden, heads = getattr(model_config, "hidden_size", None), getattr(model_config, "num_attention_heads", None)
+        head_dim = getattr(model_config, "head_dim", None) or (hidden // heads if hidden and heads else None)
+        inputs = {"hidden_size": (hidden, "q/k/v/gate/up_proj"), "intermediate_size": (getattr(model_config, "intermediate_size", None), "mlp.down_proj"),
+                  "num_attention_heads*head_dim": (heads * head_dim if heads and head_dim else None, "self_attn.o_proj")}
+        for name, (size, linear) in inputs.items():
+            if size and size % m:
+                raise PruneConfigError(f"pattern={config.pattern!r}: {name}={size} (the input size of {linear}) is not a multiple of {m}")
     if config.layerif_scores and n_blocks is not None:
         from .layer_scores import read_score_file
 

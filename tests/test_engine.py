@@ -196,3 +196,11 @@ def test_n_m_pattern_in_the_engine():
     weight = model.model.layers[1].mlp.down_proj.weight
     groups = (weight == 0).reshape(weight.shape[0], -1, 4).sum(-1)
     assert (groups == 2).all()
+
+
+def test_n_m_divisibility_of_each_linear_is_checked_on_the_loaded_model():
+    model = make_model()
+    model.model.layers[0].mlp.down_proj = torch.nn.Linear(126, 64, bias=False)  # a shape the config does not describe
+    model.config.intermediate_size = 128
+    with pytest.raises(PruneConfigError, match=r"input size 126 of layers\.0\.mlp\.down_proj is not a multiple of 4"):
+        prune_(model, config(pattern="2:4"), calibration=random_ids(NSAMPLES, SEQLEN))

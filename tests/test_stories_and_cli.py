@@ -91,7 +91,7 @@ def test_console_script_runs(stories_path, tmp_path):
         (["--method", "sparsegpt"], "unknown method 'sparsegpt'; allowed: magnitude, none, shortgpt, wanda"),
         (["--alloc", "owll"], "unknown alloc 'owll'; allowed: layerif, owl, uniform"),
         (["--pattern", "4:2"], "pattern='4:2' is not allowed"),
-        (["--pattern", "4:8"], "input size 172 of layers.0.mlp.down_proj is not a multiple of 8"),
+        (["--pattern", "4:8"], "intermediate_size=172 (the input size of mlp.down_proj) is not a multiple of 8"),
         (["--nsamples", "0"], "nsamples=0 must be an integer >= 1"),
         (["--seqlen", "4096"], "seqlen=4096 exceeds the model's max_position_embeddings=2048"),
         (["--calibration", "/nonexistent/file.txt"], "calibration file '/nonexistent/file.txt' does not exist"),
