@@ -124,12 +124,14 @@ def layer_scores(model: str, dtype: str, revision: str | None, kind: str, save_p
         params = [block_linear_params(b) for b in decoder_blocks(weights)]
         sparsities = allocation.layerif(scores, config.sparsity, config.layerif_eps, params)
     else:
+        import torch
+
         from .layer_scores import block_influence
         from .sequential import capture_block_inputs
 
         weights.eval()
         ids = load_calibration(config, tokenizer)
-        with __import__("torch").no_grad():
+        with torch.no_grad():
             scores = block_influence(weights, capture_block_inputs(weights, ids, config.calib_batch_size, device), device, False)
         sparsities = []
     rows = [{"block": i, "score": s, **({"sparsity": sparsities[i]} if sparsities else {})} for i, s in enumerate(scores)]

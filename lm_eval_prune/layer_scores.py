@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,7 @@ def read_score_file(path: str | Path, n_blocks: int) -> list[float]:
         raise PruneConfigError(f"layerif_scores file {str(path)!r} is not a list of numbers ({type(exc).__name__})") from None
     if len(values) != n_blocks:
         raise PruneConfigError(f"layerif_scores file {str(path)!r} has {len(values)} values; the model has {n_blocks} blocks")
-    if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+    if not all(math.isfinite(v) for v in values):
         raise PruneConfigError(f"layerif_scores file {str(path)!r} holds NaN or infinite values")
     return values
 

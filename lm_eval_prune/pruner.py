@@ -234,9 +234,7 @@ def _remove_blocks(model: nn.Module, config: PruneConfig, inputs: BlockInputs | 
     from .layer_scores import block_influence, remove_blocks_
 
     blocks = decoder_blocks(model)
-    count = len(blocks)
-    if config.drop_layers >= count:
-        raise PruneConfigError(f"drop_layers={config.drop_layers} must be < the model's {count} blocks")
+    count = len(blocks)  # drop_layers < count was checked by check_model_fits
     if config.shortgpt_mode == "bi":
         assert inputs is not None
         influence: list[float | None] = list(block_influence(model, inputs, device, config.offload))
