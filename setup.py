@@ -14,7 +14,7 @@ class BuildWithStartupHook(build_py):
     def run(self) -> None:
         super().run()
         namespace: dict = {}
-        exec(Path("lm_eval_prune/lm_eval_plugin.py").read_text(), namespace)  # read PTH_LINE without importing
+        exec(Path("lm_eval_prune/harness/plugin.py").read_text(), namespace)  # read PTH_LINE without importing
         Path(self.build_lib, PTH_NAME).write_text(namespace["PTH_LINE"])
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:

@@ -31,7 +31,7 @@ class Request:
 def generation(model_type: str, model_dir: Path, requests: list[Request], extra: dict) -> dict:
     from lm_eval.api.registry import get_model
 
-    from lm_eval_prune.budget_forcing import parse_response
+    from lm_eval_prune.generation.protocol import parse_response
 
     lm = get_model(model_type).create_from_arg_string(f"pretrained={model_dir},method=none", extra)
     lm.generate_until(requests[:2])  # warm-up
@@ -40,7 +40,13 @@ def generation(model_type: str, model_dir: Path, requests: list[Request], extra:
     seconds = time.perf_counter() - start
     traces = [parse_response(r) for r in responses]
     tokens = sum(t["thinking_tokens"] + len(t["answer"].split()) for t in traces)
-    return {"model": model_type, "requests": len(requests), "generated_tokens": tokens, "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1)}
+    return {
+        "model": model_type,
+        "requests": len(requests),
+        "generated_tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 1),
+    }
 
 
 def cache_hit(root: Path) -> dict:
@@ -48,8 +54,10 @@ def cache_hit(root: Path) -> dict:
 
     calib = root / "wp.txt"
     calib.write_text((SHARED / "data" / "calibration" / "war_and_peace_pg2600.txt").read_text()[:400_000])
-    args = (f"pretrained={SHARED / 'models' / 'stories260k'},method=wanda,alloc=owl,sparsity=0.5,calibration={calib},nsamples=128,seqlen=128,"
-            f"prune_cache={root / 'cache'}")
+    args = (
+        f"pretrained={SHARED / 'models' / 'stories260k'},method=wanda,alloc=owl,sparsity=0.5,calibration={calib},nsamples=128,seqlen=128,"
+        f"prune_cache={root / 'cache'}"
+    )
     times = {}
     for label in ("fresh prune", "cache hit"):
         start = time.perf_counter()
@@ -69,15 +77,24 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from scripted import save_scripted
 
-    from lm_eval_prune.lm_eval_plugin import register
+    from lm_eval_prune.harness.plugin import register
 
     register()
     root = Path(tempfile.mkdtemp(prefix="bench_gen_"))
     try:
         model_dir = save_scripted(root / "scripted")
-        gen = {"until": ["."], "max_gen_toks": 16, "do_sample": False, "max_tokens_thinking": args.budget, "thinking_n_ignore": 10_000}
+        gen = {
+            "until": ["."],
+            "max_gen_toks": 16,
+            "do_sample": False,
+            "max_tokens_thinking": args.budget,
+            "thinking_n_ignore": 10_000,
+        }
         requests = [Request(f"filler {i}", gen) for i in range(args.requests)]
-        out = {"budget": args.budget, "hf": generation("pruned-hf", model_dir, requests, {"device": "cpu", "batch_size": 1})}
+        out = {
+            "budget": args.budget,
+            "hf": generation("pruned-hf", model_dir, requests, {"device": "cpu", "batch_size": 1}),
+        }
         if not args.skip_vllm:
             out["vllm"] = generation("pruned-vllm", model_dir, requests, {"batch_size": "auto", "max_model_len": 512})
         out["cache_seconds"] = cache_hit(root)

@@ -14,7 +14,7 @@ import time
 import timeit
 from pathlib import Path
 
-from lm_eval_prune.lm_eval_plugin import PTH_LINE
+from lm_eval_prune.harness.plugin import PTH_LINE
 
 
 def main(runs: int = 30) -> None:
@@ -32,7 +32,9 @@ def main(runs: int = 30) -> None:
     line = timeit.timeit(lambda: exec(PTH_LINE.split("; ", 1)[1], {"sys": sys}), number=2000) / 2000
     for label, values in times.items():
         print(f"python -c pass ({label}): median {statistics.median(values) * 1e3:.2f} ms over {runs} runs")
-    print(f"difference of medians: {(statistics.median(times['with hook']) - statistics.median(times['without'])) * 1e3:.2f} ms")
+    print(
+        f"difference of medians: {(statistics.median(times['with hook']) - statistics.median(times['without'])) * 1e3:.2f} ms"
+    )
     print(f"the hook line alone (not an lm-eval process): {line * 1e6:.1f} us")
 
 

@@ -7,24 +7,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import PruneConfig
-from .errors import PruneConfigError
+from lm_eval_prune.engine.config import PruneConfig
+from lm_eval_prune.errors import PruneConfigError
 
 __version__ = "0.1.0"
 __all__ = ["PruneConfig", "PruneConfigError", "PruneReport", "__version__", "prune_"]
 
 if TYPE_CHECKING:
-    from .pruner import prune_
-    from .report import PruneReport
+    from lm_eval_prune.engine.pruner import prune_
+    from lm_eval_prune.engine.report import PruneReport
 
 
 def __getattr__(name: str) -> Any:
     if name == "prune_":
-        from .pruner import prune_
+        from lm_eval_prune.engine.pruner import prune_
 
         return prune_
     if name == "PruneReport":
-        from .report import PruneReport
+        from lm_eval_prune.engine.report import PruneReport
 
         return PruneReport
     raise AttributeError(name)

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from .config import PruneConfig
-from .errors import PruneConfigError
+from lm_eval_prune.engine.config import PruneConfig
+from lm_eval_prune.errors import PruneConfigError
 
 log = logging.getLogger("lm_eval_prune")
 
@@ -47,7 +47,14 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
         if field.type == "bool":
             option = click.option(flag, field.name, is_flag=True, help=field.metadata.get("help"))
         else:
-            option = click.option(flag, field.name, default=field.default, type=kinds[str(field.type)], show_default=True, help=field.metadata.get("help"))
+            option = click.option(
+                flag,
+                field.name,
+                default=field.default,
+                type=kinds[str(field.type)],
+                show_default=True,
+                help=field.metadata.get("help"),
+            )
         func = option(func)
     return func
 
@@ -66,9 +73,15 @@ def config_from_options(options: dict[str, Any]) -> PruneConfig:
 @_fail_cleanly
 def prune(model: str, output: str, dtype: str, revision: str | None, overwrite: bool, **options: Any) -> None:
     """Prune MODEL (Hub id or local directory) and write a checkpoint with prune_report.json to OUTPUT."""
-    from .calibration import load_calibration
-    from .checkpoint import check_output_dir, load_config_and_tokenizer, load_model, save_pruned, torch_dtype
-    from .pruner import check_against_model_config, prune_, resolve_device
+    from lm_eval_prune.engine.calibration import load_calibration
+    from lm_eval_prune.engine.pruner import check_against_model_config, prune_, resolve_device
+    from lm_eval_prune.store.checkpoint import (
+        check_output_dir,
+        load_config_and_tokenizer,
+        load_model,
+        save_pruned,
+        torch_dtype,
+    )
 
     config = config_from_options(options)
     torch_dtype(dtype)
@@ -83,17 +96,34 @@ def prune(model: str, output: str, dtype: str, revision: str | None, overwrite: 
     report.extra["base_model"] = model
     report.extra["revision"] = revision
     save_pruned(weights, tokenizer, report, output)
-    click.echo(json.dumps({"output": output, "overall_sparsity": round(report.overall_sparsity, 6), "seconds": round(report.seconds, 3), "fingerprint": report.fingerprint}))
+    click.echo(
+        json.dumps(
+            {
+                "output": output,
+                "overall_sparsity": round(report.overall_sparsity, 6),
+                "seconds": round(report.seconds, 3),
+                "fingerprint": report.fingerprint,
+            }
+        )
+    )
 
 
-def _layer_scores(weights: Any, tokenizer: Any, config: PruneConfig, model: str, revision: str | None, model_config: Any) -> list[float] | None:
+def _layer_scores(
+    weights: Any, tokenizer: Any, config: PruneConfig, model: str, revision: str | None, model_config: Any
+) -> list[float] | None:
     """LayerIF scores through the default cache (None for other allocations)."""
     if config.alloc != "layerif":
         return None
-    from .cache import PruneCache, model_identity
-    from .models.common import layer_scores_for
+    from lm_eval_prune.store.cache import PruneCache, model_identity
+    from lm_eval_prune.store.pipeline import layer_scores_for
 
-    return layer_scores_for(weights, tokenizer, config, PruneCache.from_setting(None, given=False), model_identity(model, revision, model_config))
+    return layer_scores_for(
+        weights,
+        tokenizer,
+        config,
+        PruneCache.from_setting(None, given=False),
+        model_identity(model, revision, model_config),
+    )
 
 
 @main.command(name="layer-scores")
@@ -101,17 +131,33 @@ def _layer_scores(weights: Any, tokenizer: Any, config: PruneConfig, model: str,
 @prune_options
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--revision", default=None)
-@click.option("--kind", type=click.Choice(["layerif", "block-influence"]), default="layerif", show_default=True, help="LayerIF influence or ShortGPT BI.")
-@click.option("--save", "save_path", default=None, help="Write the scores as JSON here (usable as layerif_scores=PATH).")
+@click.option(
+    "--kind",
+    type=click.Choice(["layerif", "block-influence"]),
+    default="layerif",
+    show_default=True,
+    help="LayerIF influence or ShortGPT BI.",
+)
+@click.option(
+    "--save", "save_path", default=None, help="Write the scores as JSON here (usable as layerif_scores=PATH)."
+)
 @click.option("--plot", "plot_path", default=None, help="Save a PNG of score and resulting sparsity per block.")
 @_fail_cleanly
-def layer_scores(model: str, dtype: str, revision: str | None, kind: str, save_path: str | None, plot_path: str | None, **options: Any) -> None:
+def layer_scores(
+    model: str,
+    dtype: str,
+    revision: str | None,
+    kind: str,
+    save_path: str | None,
+    plot_path: str | None,
+    **options: Any,
+) -> None:
     """Compute and print one quality score per decoder block of MODEL (cached), with the sparsity LayerIF would give."""
-    from . import allocation
-    from .calibration import load_calibration
-    from .checkpoint import load_config_and_tokenizer, load_model
-    from .model_utils import block_linear_params, decoder_blocks
-    from .pruner import resolve_device
+    from lm_eval_prune.engine import allocation
+    from lm_eval_prune.engine.calibration import load_calibration
+    from lm_eval_prune.engine.model_utils import block_linear_params, decoder_blocks
+    from lm_eval_prune.engine.pruner import resolve_device
+    from lm_eval_prune.store.checkpoint import load_config_and_tokenizer, load_model
 
     if kind == "layerif":
         options["alloc"] = "layerif"
@@ -126,20 +172,24 @@ def layer_scores(model: str, dtype: str, revision: str | None, kind: str, save_p
     else:
         import torch
 
-        from .layer_scores import block_influence
-        from .sequential import capture_block_inputs
+        from lm_eval_prune.engine.layer_scores import block_influence
+        from lm_eval_prune.engine.sequential import capture_block_inputs
 
         weights.eval()
         ids = load_calibration(config, tokenizer)
         with torch.no_grad():
-            scores = block_influence(weights, capture_block_inputs(weights, ids, config.calib_batch_size, device), device, False)
+            scores = block_influence(
+                weights, capture_block_inputs(weights, ids, config.calib_batch_size, device), device, False
+            )
         sparsities = []
-    rows = [{"block": i, "score": s, **({"sparsity": sparsities[i]} if sparsities else {})} for i, s in enumerate(scores)]
+    rows = [
+        {"block": i, "score": s, **({"sparsity": sparsities[i]} if sparsities else {})} for i, s in enumerate(scores)
+    ]
     click.echo(json.dumps({"kind": kind, "model": model, "blocks": rows}, indent=1))
     if save_path:
         Path(save_path).write_text(json.dumps({"scores": scores, "kind": kind, "model": model}) + "\n")
     if plot_path:
-        from .plots import plot_layer_scores
+        from lm_eval_prune.publish.plots import plot_layer_scores
 
         plot_layer_scores(scores, sparsities, kind, model, plot_path)
 
@@ -147,46 +197,85 @@ def layer_scores(model: str, dtype: str, revision: str | None, kind: str, save_p
 @main.command()
 @click.argument("checkpoint", type=click.Path(file_okay=False))
 @click.option("--repo-id", required=True, help="USER/NAME on the Hub.")
-@click.option("--results", "results", multiple=True, type=click.Path(), help="lm-eval results JSON of this model (or its dense base); repeatable.")
+@click.option(
+    "--results",
+    "results",
+    multiple=True,
+    type=click.Path(),
+    help="lm-eval results JSON of this model (or its dense base); repeatable.",
+)
 @click.option("--private", is_flag=True, help="Create the repository private.")
 @click.option("--dry-run", is_flag=True, help="Render the card, list files, check repo id and token; write nothing.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @click.option("--revision", default=None, help="Branch to commit to (created if missing).")
-@click.option("--base-model", default=None, help="Hub id of the base model, when the checkpoint was pruned from a local copy.")
-@click.option("--license", "license_id", default=None, help="License id for the card (default: the base model's, when known).")
+@click.option(
+    "--base-model", default=None, help="Hub id of the base model, when the checkpoint was pruned from a local copy."
+)
+@click.option(
+    "--license", "license_id", default=None, help="License id for the card (default: the base model's, when known)."
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (never asked without a terminal).")
 @click.option("--show-card", is_flag=True, help="Print the rendered model card.")
-def publish(checkpoint: str, repo_id: str, results: tuple[str, ...], private: bool, dry_run: bool, create_pr: bool, revision: str | None,
-            base_model: str | None, license_id: str | None, yes: bool, show_card: bool) -> None:
+def publish(
+    checkpoint: str,
+    repo_id: str,
+    results: tuple[str, ...],
+    private: bool,
+    dry_run: bool,
+    create_pr: bool,
+    revision: str | None,
+    base_model: str | None,
+    license_id: str | None,
+    yes: bool,
+    show_card: bool,
+) -> None:
     """Upload a pruned CHECKPOINT directory with a generated model card to the Hugging Face Hub."""
     import sys
 
-    from .hub import PublishError, check_repo_id, load_checkpoint_report
-    from .hub import publish as run_publish
+    from lm_eval_prune.publish.hub import PublishError, check_repo_id, load_checkpoint_report
+    from lm_eval_prune.publish.hub import publish as run_publish
 
     try:
         check_repo_id(repo_id)
         load_checkpoint_report(checkpoint)
         if not dry_run and not yes and sys.stdin.isatty():
             click.confirm(f"Upload {checkpoint} to {repo_id}{' (private)' if private else ''}?", abort=True)
-        plan = run_publish(checkpoint, repo_id, list(results), private=private, dry_run=dry_run, create_pr=create_pr, revision=revision,
-                           base_model=base_model, license_id=license_id)
+        plan = run_publish(
+            checkpoint,
+            repo_id,
+            list(results),
+            private=private,
+            dry_run=dry_run,
+            create_pr=create_pr,
+            revision=revision,
+            base_model=base_model,
+            license_id=license_id,
+        )
     except (PublishError, ValueError) as exc:
         raise click.UsageError(str(exc).splitlines()[0]) from None
     if show_card or dry_run:
         click.echo(plan.card)
-    summary = {"repo_id": plan.repo_id, "dry_run": dry_run, "files": [{"name": n, "bytes": b} for n, b in plan.files], "commits": plan.commits}
+    summary = {
+        "repo_id": plan.repo_id,
+        "dry_run": dry_run,
+        "files": [{"name": n, "bytes": b} for n, b in plan.files],
+        "commits": plan.commits,
+    }
     click.echo(json.dumps(summary, indent=1))
 
 
 @main.command()
 @click.argument("results_dirs", nargs=-1, required=True, type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "html", "json"]), default="markdown", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["markdown", "csv", "html", "json"]), default="markdown", show_default=True
+)
 @click.option("--metric", default="exact_match", show_default=True)
-@click.option("--plot", "plot_path", default=None, help="PNG of accuracy against thinking budget, one line per variant, per task.")
+@click.option(
+    "--plot", "plot_path", default=None, help="PNG of accuracy against thinking budget, one line per variant, per task."
+)
 def leaderboard(results_dirs: tuple[str, ...], fmt: str, metric: str, plot_path: str | None) -> None:
     """Compare pruned variants from lm-eval results files (mean ± std over seeds, best per column, change vs dense)."""
-    from .leaderboard import leaderboard as build
+    from lm_eval_prune.publish.leaderboard import leaderboard as build
 
     try:
         click.echo(build(list(results_dirs), fmt, metric, plot_path), nl=False)
@@ -194,11 +283,13 @@ def leaderboard(results_dirs: tuple[str, ...], fmt: str, metric: str, plot_path:
         raise click.UsageError(str(exc).splitlines()[0]) from None
 
 
-@main.command(name="eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@main.command(
+    name="eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+)
 @click.argument("lm_eval_args", nargs=-1, type=click.UNPROCESSED)
 def eval_command(lm_eval_args: tuple[str, ...]) -> None:
     """Run lm-eval (every lm_eval argument passes on) with pruned-hf/pruned-vllm and this package's tasks available."""
-    from .lm_eval_cli import run_lm_eval
+    from lm_eval_prune.harness.lm_eval_cli import run_lm_eval
 
     run_lm_eval(list(lm_eval_args))
 
@@ -206,7 +297,7 @@ def eval_command(lm_eval_args: tuple[str, ...]) -> None:
 @main.command(name="tasks-path")
 def tasks_path() -> None:
     """Print the folder of this package's task YAMLs (for plain lm_eval --include_path)."""
-    from .lm_eval_cli import tasks_dir
+    from lm_eval_prune.harness.lm_eval_cli import tasks_dir
 
     click.echo(str(tasks_dir()))
 

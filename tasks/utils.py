@@ -1,12 +1,12 @@
-"""Prompts, data loaders and graders of the tts_* tasks (logic in lm_eval_prune.grading / task_data)."""
+"""Prompts, data loaders and graders of the tts_* tasks (logic in lm_eval_prune.harness.grading / task_data)."""
 
 from __future__ import annotations
 
 from functools import partial
 from typing import Any
 
-from lm_eval_prune import grading
-from lm_eval_prune.task_data import load_rows
+from lm_eval_prune.harness import grading
+from lm_eval_prune.harness.task_data import load_rows
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 GPQA_INSTRUCTION = "Answer with the letter of the correct option, as \\boxed{X} where X is A, B, C or D."
@@ -50,15 +50,21 @@ def keep_all(resps: Any, docs: Any) -> Any:
 
 
 def _math(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    return grading.score(results, lambda text: grading.math_equal(grading.extract_answer(text), doc["answer"]), grading.extract_answer)
+    return grading.score(
+        results, lambda text: grading.math_equal(grading.extract_answer(text), doc["answer"]), grading.extract_answer
+    )
 
 
 def _aime(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    return grading.score(results, lambda text: grading.integer_equal(grading.extract_answer(text), doc["answer"]), grading.extract_answer)
+    return grading.score(
+        results, lambda text: grading.integer_equal(grading.extract_answer(text), doc["answer"]), grading.extract_answer
+    )
 
 
 def _amc(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    return grading.score(results, lambda text: grading.float_equal(grading.extract_answer(text), doc["answer"]), grading.extract_answer)
+    return grading.score(
+        results, lambda text: grading.float_equal(grading.extract_answer(text), doc["answer"]), grading.extract_answer
+    )
 
 
 def _gpqa(doc: dict[str, Any], results: list[str]) -> dict[str, float]:

@@ -34,12 +34,20 @@ def make_tokenizer():
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
-def make_model(arch: str = "llama", *, layers: int = 2, hidden: int = 64, tied: bool = False, seed: int = 0, vocab: int = 300):
+def make_model(
+    arch: str = "llama", *, layers: int = 2, hidden: int = 64, tied: bool = False, seed: int = 0, vocab: int = 300
+):
     """A random tiny causal LM of ``arch`` (llama, mistral, qwen2, qwen3) from its config."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

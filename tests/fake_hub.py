@@ -83,11 +83,21 @@ class FakeHub:
                     repo_id = f"{parts[3]}/{parts[4]}"
                     repo = hub.repos.get(repo_id)
                     if repo_id in hub.base_models:
-                        return self._send(200, {"id": repo_id, "sha": "1" * 40, "private": False, "cardData": hub.base_models[repo_id]})
+                        return self._send(
+                            200,
+                            {"id": repo_id, "sha": "1" * 40, "private": False, "cardData": hub.base_models[repo_id]},
+                        )
                     if repo is None:
                         return self._send(404, {"error": "Repository not found"})
-                    return self._send(200, {"id": repo_id, "sha": "0" * 40, "private": repo.private,
-                                            "siblings": [{"rfilename": n} for n in repo.branches["main"]]})
+                    return self._send(
+                        200,
+                        {
+                            "id": repo_id,
+                            "sha": "0" * 40,
+                            "private": repo.private,
+                            "siblings": [{"rfilename": n} for n in repo.branches["main"]],
+                        },
+                    )
                 return self._send(404, {"error": f"no route {url.path}"})
 
             def do_POST(self) -> None:
@@ -102,8 +112,12 @@ class FakeHub:
                     payload = json.loads(body)
                     repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
                     if repo_id in hub.repos:
-                        return self._send(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"})
-                    hub.repos[repo_id] = Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
+                        return self._send(
+                            409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"}
+                        )
+                    hub.repos[repo_id] = Repo(
+                        private=payload.get("visibility") == "private" or bool(payload.get("private"))
+                    )
                     return self._send(200, {"url": f"{hub.url}/{repo_id}"})
                 parts = [unquote(p) for p in url.path.split("/")]
                 if len(parts) < 7 or parts[1:3] != ["api", "models"]:
@@ -120,8 +134,20 @@ class FakeHub:
                     return self._send(404, {"error": f"revision {revision} not found"})
                 if action == "preupload":
                     wanted = json.loads(body)["files"]
-                    return self._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                                                       "oid": git_sha1(files[f["path"]]) if f["path"] in files else None} for f in wanted]})
+                    return self._send(
+                        200,
+                        {
+                            "files": [
+                                {
+                                    "path": f["path"],
+                                    "uploadMode": "regular",
+                                    "shouldIgnore": False,
+                                    "oid": git_sha1(files[f["path"]]) if f["path"] in files else None,
+                                }
+                                for f in wanted
+                            ]
+                        },
+                    )
                 if action == "commit":
                     if hub.fail_commits_after is not None and hub.commit_count() >= hub.fail_commits_after:
                         return self._send(503, {"error": "simulated interruption"})
@@ -140,7 +166,10 @@ class FakeHub:
                     repo.commits.append({"revision": revision, "files": sorted(added), "pr": create_pr})
                     oid = hashlib.sha1(repr(repo.commits).encode()).hexdigest()
                     pr_url = f"{hub.url}/{repo_id}/discussions/{len(repo.prs)}" if create_pr else None
-                    return self._send(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": pr_url})
+                    return self._send(
+                        200,
+                        {"commitUrl": f"{hub.url}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": pr_url},
+                    )
                 return self._send(404, {"error": f"no route {url.path}"})
 
         return Handler

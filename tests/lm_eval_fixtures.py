@@ -57,7 +57,11 @@ def write_tasks(folder: Path) -> Path:
     tasks = folder / "tasks"
     tasks.mkdir(parents=True, exist_ok=True)
     data = folder / "tiny.jsonl"
-    rows = [{"question": "the cat sat on the", "answer": "mat"}, {"question": "one two three", "answer": "four"}, {"question": "the answer is", "answer": "42"}]
+    rows = [
+        {"question": "the cat sat on the", "answer": "mat"},
+        {"question": "one two three", "answer": "four"},
+        {"question": "the answer is", "answer": "42"},
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tasks / "tiny_gen.yaml").write_text(TASK_YAML.format(data=data))
     (tasks / "tiny_choice.yaml").write_text(LOGLIK_YAML.format(data=data))

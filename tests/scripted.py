@@ -8,11 +8,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WORDS = ["<unk>", "<s>", "</s>", "<pad>", "<think>", "</think>", "Wait", "question", "step", "one", "two", "answer", "is", "42", ".",
-         "Final", "Answer", ":", "filler"]
+WORDS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "<think>",
+    "</think>",
+    "Wait",
+    "question",
+    "step",
+    "one",
+    "two",
+    "answer",
+    "is",
+    "42",
+    ".",
+    "Final",
+    "Answer",
+    ":",
+    "filler",
+]
 SCRIPT = {  # everything else -> "filler", "filler" -> "filler"
-    "question": "step", "<think>": "step", "step": "one", "one": "two", "two": "</think>", "Wait": "step",
-    "</think>": "answer", "answer": "is", "is": "42", "42": ".", ".": "</s>", ":": "42",
+    "question": "step",
+    "<think>": "step",
+    "step": "one",
+    "one": "two",
+    "two": "</think>",
+    "Wait": "step",
+    "</think>": "answer",
+    "answer": "is",
+    "is": "42",
+    "42": ".",
+    ".": "</s>",
+    ":": "42",
 }
 
 
@@ -23,7 +52,9 @@ def make_word_tokenizer():
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
     fast.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})
     return fast
 
@@ -33,9 +64,20 @@ def make_scripted_model(hidden: int = 128):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     vocab = len(WORDS)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=1, num_attention_heads=hidden // 64,
-                         num_key_value_heads=hidden // 64, head_dim=64, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        head_dim=64,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     index = {w: i for i, w in enumerate(WORDS)}

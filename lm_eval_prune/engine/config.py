@@ -1,0 +1,230 @@
+"""`PruneConfig`: every prune setting, validated once, serialised everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lm_eval_prune.engine.methods import ALLOCATORS, METHODS
+from lm_eval_prune.errors import PruneConfigError
+
+HUB_CALIBRATION_SETS = ("c4", "wikitext2")
+TOKEN_FILE_SUFFIXES = (".pt", ".npy")
+TEXT_FILE_SUFFIXES = (".txt", ".jsonl")
+_NM_RE = re.compile(r"^(\d+):(\d+)$")
+
+# Fields that change how the work runs but not which weights come out (excluded from the fingerprint).
+EXECUTION_FIELDS = frozenset({"device", "offload", "calib_batch_size"})
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """All settings of one prune. Construct it directly or with :meth:`from_model_args`."""
+
+    method: str = field(default="wanda", metadata={"help": "pruning method: " + ", ".join(METHODS.names())})
+    alloc: str = field(default="uniform", metadata={"help": "layer-wise allocation: " + ", ".join(ALLOCATORS.names())})
+    sparsity: float = field(default=0.5, metadata={"help": "target fraction of block-linear weights zeroed, in [0, 1)"})
+    pattern: str = field(default="unstructured", metadata={"help": "'unstructured' or N:M such as 2:4, 4:8"})
+    calibration: str = field(default="c4", metadata={"help": "c4, wikitext2, or a .txt/.jsonl/.pt/.npy path"})
+    nsamples: int = field(default=128, metadata={"help": "calibration sequences"})
+    seqlen: int = field(default=2048, metadata={"help": "tokens per calibration sequence"})
+    seed: int = field(default=0, metadata={"help": "seed of the calibration sampling"})
+    owl_m: float = field(default=5.0, metadata={"help": "OWL outlier threshold M (score > M * mean)"})
+    owl_lambda: float = field(default=0.08, metadata={"help": "OWL spread lambda (sparsities span 2*lambda)"})
+    layerif_eps: float = field(
+        default=0.3, metadata={"help": "LayerIF: sparsity ratios span [1-eps, 1+eps] around the target"}
+    )
+    layerif_scores: str = field(
+        default="", metadata={"help": "LayerIF: a score file (JSON list or .npy, one value per block)"}
+    )
+    layerif_train: str = field(
+        default="", metadata={"help": "LayerIF: training text source (default: the calibration source)"}
+    )
+    layerif_val: str = field(
+        default="", metadata={"help": "LayerIF: validation text source (default: the calibration source, seed+1)"}
+    )
+    layerif_nsamples: int = field(default=128, metadata={"help": "LayerIF: training samples (one backward each)"})
+    layerif_val_nsamples: int = field(default=32, metadata={"help": "LayerIF: validation samples"})
+    layerif_seqlen: int = field(default=128, metadata={"help": "LayerIF: tokens per sample"})
+    drop_layers: int = field(default=0, metadata={"help": "ShortGPT: number of decoder blocks to remove"})
+    shortgpt_mode: str = field(
+        default="bi", metadata={"help": "ShortGPT: 'bi' (lowest Block Influence) or 'tail' (the last blocks)"}
+    )
+    calib_batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    offload: bool = field(default=False, metadata={"help": "keep only the block in work on the device"})
+
+    def __post_init__(self) -> None:
+        METHODS.get(self.method)
+        ALLOCATORS.get(self.alloc)
+        if not 0.0 <= self.sparsity < 1.0:
+            raise PruneConfigError(f"sparsity={self.sparsity!r} is outside [0, 1)")
+        if self.pattern != "unstructured":
+            match = _NM_RE.match(self.pattern)
+            if not match or not 0 < int(match[1]) < int(match[2]):
+                raise PruneConfigError(
+                    f"pattern={self.pattern!r} is not allowed; use 'unstructured' or N:M with 0<N<M (2:4, 4:8)"
+                )
+            if self.alloc != "uniform":
+                raise PruneConfigError(
+                    f"pattern={self.pattern!r} needs alloc=uniform (N:M fixes the sparsity at N/M), not alloc={self.alloc!r}"
+                )
+        for name in ("nsamples", "seqlen", "calib_batch_size"):
+            if getattr(self, name) < 1:
+                raise PruneConfigError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if self.owl_m <= 0:
+            raise PruneConfigError(f"owl_m={self.owl_m!r} must be > 0")
+        if not 0 <= self.owl_lambda < 0.5:
+            raise PruneConfigError(f"owl_lambda={self.owl_lambda!r} must be in [0, 0.5)")
+        self._check_layer_settings()
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
+            raise PruneConfigError(f"device={self.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
+        for name in ("calibration", "layerif_train", "layerif_val"):
+            _check_source(name, getattr(self, name))
+
+    def _check_layer_settings(self) -> None:
+        """LayerIF and ShortGPT keys: valid, and only with the allocation/method that uses them."""
+        defaults = {f.name: f.default for f in fields(self)}
+        layerif_changed = [n for n in defaults if n.startswith("layerif_") and getattr(self, n) != defaults[n]]
+        if layerif_changed and self.alloc != "layerif":
+            raise PruneConfigError(
+                f"{layerif_changed[0]}={getattr(self, layerif_changed[0])!r} needs alloc=layerif, not alloc={self.alloc!r}"
+            )
+        if not 0 <= self.layerif_eps < 1:
+            raise PruneConfigError(f"layerif_eps={self.layerif_eps!r} must be in [0, 1)")
+        for name in ("layerif_nsamples", "layerif_val_nsamples", "layerif_seqlen"):
+            if getattr(self, name) < 1:
+                raise PruneConfigError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if self.layerif_scores:
+            if Path(self.layerif_scores).suffix not in (".json", ".npy"):
+                raise PruneConfigError(f"layerif_scores={self.layerif_scores!r} must be a .json or .npy file")
+            if not Path(self.layerif_scores).is_file():
+                raise PruneConfigError(f"layerif_scores file {self.layerif_scores!r} does not exist")
+        structured = METHODS.get(self.method).structured
+        if structured:
+            if self.drop_layers < 1:
+                raise PruneConfigError(f"drop_layers={self.drop_layers!r} must be >= 1 for method={self.method!r}")
+            if self.alloc != "uniform" or self.pattern != "unstructured":
+                raise PruneConfigError(
+                    f"method={self.method!r} removes whole blocks; it takes no alloc or pattern (got alloc={self.alloc!r}, pattern={self.pattern!r})"
+                )
+            if self.shortgpt_mode not in ("bi", "tail"):
+                raise PruneConfigError(f"shortgpt_mode={self.shortgpt_mode!r} is not allowed; use bi or tail")
+        elif self.drop_layers or self.shortgpt_mode != "bi":
+            raise PruneConfigError(f"drop_layers/shortgpt_mode need method=shortgpt, not method={self.method!r}")
+
+    # ----------------------------------------------------------------- derived facts
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) for an N:M pattern, else None."""
+        match = _NM_RE.match(self.pattern)
+        return (int(match[1]), int(match[2])) if match else None
+
+    @property
+    def effective_sparsity(self) -> float:
+        """The sparsity each matrix gets under uniform allocation (N/M for N:M)."""
+        if self.method == "none" or METHODS.get(self.method).structured:
+            return 0.0
+        nm = self.nm
+        return nm[0] / nm[1] if nm else self.sparsity
+
+    @property
+    def is_dense(self) -> bool:
+        """Nothing will be removed or zeroed (``method=none``, or sparsity 0 with an unstructured method)."""
+        return self.method == "none" or (not METHODS.get(self.method).structured and self.effective_sparsity == 0.0)
+
+    @property
+    def needs_calibration(self) -> bool:
+        if METHODS.get(self.method).structured:
+            return self.shortgpt_mode == "bi"
+        if self.method == "none" or self.effective_sparsity == 0.0:
+            return False
+        return METHODS.get(self.method).uses_activations or ALLOCATORS.get(self.alloc).needs_activations
+
+    # ----------------------------------------------------------------- (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, **extra: Any) -> str:
+        """Hex digest of the settings that decide the pruned weights, plus ``extra`` (model, data hash, ...)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        data.update(extra)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> PruneConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> PruneConfig:
+        """Build from strings or loosely typed values (CLI, lm-eval model args), coercing each to its field type."""
+        unknown = sorted(set(values) - set(cls.keys()))
+        if unknown:
+            raise PruneConfigError(f"unknown prune setting {unknown[0]!r}; allowed: {', '.join(cls.keys())}")
+        return cls(**{name: _coerce(name, value) for name, value in values.items()})
+
+    @classmethod
+    def from_model_args(
+        cls, model_args: dict[str, Any], passthrough: frozenset[str] = frozenset()
+    ) -> tuple[PruneConfig, dict[str, Any]]:
+        """Take this package's keys out of lm-eval ``model_args``; return (config, the rest).
+
+        A key that is not ours, not in ``passthrough`` and close to one of ours (``metod``) is an error.
+        """
+        ours = {k: v for k, v in model_args.items() if k in cls.keys() and k not in passthrough}
+        rest = {k: v for k, v in model_args.items() if k not in ours}
+        for key in rest:
+            if key in passthrough:
+                continue
+            close = difflib.get_close_matches(key, cls.keys(), n=1, cutoff=0.75)
+            if close:
+                raise PruneConfigError(
+                    f"unknown model arg {key!r} (did you mean {close[0]!r}?); prune keys: {', '.join(cls.keys())}"
+                )
+        return cls.from_mapping(ours), rest
+
+
+def _check_source(name: str, source: str) -> None:
+    """A text/token source: a Hub set name or an existing file of a known kind ('' = unset)."""
+    if not source or source in HUB_CALIBRATION_SETS:
+        return
+    path = Path(source)
+    if path.suffix not in TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES:
+        raise PruneConfigError(
+            f"{name}={source!r} is not allowed; use {', '.join(HUB_CALIBRATION_SETS)} or a path ending in {', '.join(TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise PruneConfigError(f"{'calibration' if name == 'calibration' else name} file {source!r} does not exist")
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` to the type of field ``name``; one-line error when it cannot be."""
+    kind = {f.name: f.type for f in fields(PruneConfig)}[name]
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            return _BOOL_WORDS[str(value).strip().lower()]
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, (str, float)) and float(value).is_integer() else int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return "none" if value is None else str(value)  # lm-eval parses `method=none` into None
+    except (ValueError, KeyError, TypeError):
+        raise PruneConfigError(f"{name}={value!r} is not a valid {kind}") from None

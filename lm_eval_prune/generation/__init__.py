@@ -1,0 +1,1 @@
+"""Generation: the s1 budget-forcing protocol (pure) and the HF / vLLM step drivers that run it."""

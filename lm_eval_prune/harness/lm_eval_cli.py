@@ -1,0 +1,51 @@
+"""``lm-eval-prune eval``: lm-eval's own command line, with our models registered and our tasks included."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def tasks_dir() -> Path:
+    """Where this package's task YAMLs are (the wheel installs ``tasks/`` as ``lm_eval_prune.tasks``)."""
+    from lm_eval_prune.tasks import TASKS_DIR
+
+    return TASKS_DIR
+
+
+def include_our_tasks() -> None:
+    """Make every lm-eval TaskManager of this process also index our tasks, beside any ``--include_path``."""
+    from lm_eval.tasks import manager
+
+    original = manager.TaskManager.__init__
+    if getattr(original, "_lm_eval_prune", False):
+        return
+
+    def init(self: Any, verbosity: Any = None, include_path: Any = None, *args: Any, **kwargs: Any) -> None:
+        paths = (
+            list(include_path) if isinstance(include_path, (list, tuple)) else ([include_path] if include_path else [])
+        )
+        if str(tasks_dir()) not in map(str, paths):
+            paths.append(tasks_dir())
+        original(self, verbosity, paths, *args, **kwargs)
+
+    init._lm_eval_prune = True  # type: ignore[attr-defined]
+    manager.TaskManager.__init__ = init  # type: ignore[method-assign]
+
+
+def run_lm_eval(args: Sequence[str]) -> None:
+    """Run lm-eval's CLI with ``args`` in this process."""
+    from lm_eval.__main__ import cli_evaluate
+
+    from lm_eval_prune.harness.plugin import register
+
+    register()
+    include_our_tasks()
+    saved = sys.argv
+    sys.argv = ["lm_eval", *args]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved

@@ -1,1 +1,0 @@
-"""lm-eval model adapters: ``pruned-hf`` (models.hf) and ``pruned-vllm`` (models.vllm). Import them directly."""
