@@ -3,8 +3,9 @@
     python benchmarks/bench_generation.py [--requests 32] [--budget 64]
 
 Generation: the scripted tiny Llama of the tests (hidden 128, head_dim 64, so vLLM's CPU backend runs it), whose
-script ends thinking every 3 tokens and each end is answered with "Wait" (N unbounded), so every request spends its whole budget in many rounds: tokens/s counts thinking plus answer
-tokens. Cache: pruned-hf on ../shared/models/stories260k (Wanda + OWL, 128 x 128 calibration from War and Peace),
+script ends thinking every 3 tokens ("mid" mode) and each end is answered with "Wait" (N large), so every request
+runs many rounds of s1's protocol: tokens/s counts thinking plus answer tokens.
+Cache: pruned-hf on ../shared/models/stories260k (Wanda + OWL, 128 x 128 calibration from War and Peace),
 first with an empty cache, then again.
 """
 
@@ -31,15 +32,12 @@ class Request:
 def generation(model_type: str, model_dir: Path, requests: list[Request], extra: dict) -> dict:
     from lm_eval.api.registry import get_model
 
-    from lm_eval_prune.generation.protocol import parse_response
-
     lm = get_model(model_type).create_from_arg_string(f"pretrained={model_dir},method=none", extra)
     lm.generate_until(requests[:2])  # warm-up
     start = time.perf_counter()
     responses = lm.generate_until(requests)
     seconds = time.perf_counter() - start
-    traces = [parse_response(r) for r in responses]
-    tokens = sum(t["thinking_tokens"] + len(t["answer"].split()) for t in traces)
+    tokens = sum(r.thinking_tokens + len(r.answer.split()) for r in responses)  # ThinkingResponse traces
     return {
         "model": model_type,
         "requests": len(requests),
@@ -55,7 +53,8 @@ def cache_hit(root: Path) -> dict:
     calib = root / "wp.txt"
     calib.write_text((SHARED / "data" / "calibration" / "war_and_peace_pg2600.txt").read_text()[:400_000])
     args = (
-        f"pretrained={SHARED / 'models' / 'stories260k'},method=wanda,alloc=owl,sparsity=0.5,calibration={calib},nsamples=128,seqlen=128,"
+        f"pretrained={SHARED / 'models' / 'stories260k'},method=wanda,alloc=owl,sparsity=0.5,"
+        f"calibration={calib},nsamples=128,seqlen=128,"
         f"prune_cache={root / 'cache'}"
     )
     times = {}
@@ -88,9 +87,10 @@ def main() -> None:
             "max_gen_toks": 16,
             "do_sample": False,
             "max_tokens_thinking": args.budget,
-            "thinking_n_ignore": 10_000,
+            "thinking_n_ignore": 50,
+            "thinking_n_ignore_str": "Wait",
         }
-        requests = [Request(f"filler {i}", gen) for i in range(args.requests)]
+        requests = [Request(" ".join(["x"] * (i % 7)) + " question mid", gen) for i in range(args.requests)]
         out = {
             "budget": args.budget,
             "hf": generation("pruned-hf", model_dir, requests, {"device": "cpu", "batch_size": 1}),

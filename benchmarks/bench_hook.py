@@ -1,7 +1,8 @@
-"""Measure what the lm-eval startup hook (lm_eval_prune.pth) costs a Python process that is not lm-eval.
+"""Measure what the lm-eval startup hook costs a Python process that is not lm-eval.
 
-Runs ``python -c pass`` N times with the hook's directory added as a site dir and N times with an empty one
-(alternating, to share the machine's noise), and times the hook line alone with timeit.
+Runs ``python -S -c ...`` N times each with the hook's .pth in an added site dir, with the PEP 829 entry point
+(``lm_eval_prune.start``: resolved and called as Python 3.15 does, simulated here), and with an empty site dir
+(interleaved, to share the machine's noise); then times the hook code alone with timeit.
 """
 
 from __future__ import annotations
@@ -14,28 +15,41 @@ import time
 import timeit
 from pathlib import Path
 
-from lm_eval_prune.harness.plugin import PTH_LINE
+from lm_eval_prune.harness import plugin
 
 
 def main(runs: int = 30) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        hooked, empty = Path(tmp, "hooked"), Path(tmp, "empty")
-        hooked.mkdir()
-        empty.mkdir()
-        (hooked / "lm_eval_prune.pth").write_text(PTH_LINE)
-        times: dict[str, list[float]] = {"with hook": [], "without": []}
+        pth, start, empty = Path(tmp, "pth"), Path(tmp, "start"), Path(tmp, "empty")
+        for folder in (pth, start, empty):
+            folder.mkdir()
+        (pth / plugin.PTH_NAME).write_text(plugin.PTH_LINE)
+        (start / plugin.START_NAME).write_text(plugin.START_LINE)
+        (start / f"{plugin.START_MODULE}.py").write_text(plugin.START_MODULE_SOURCE)
+        # -S: no installed hook runs, only the one under test; no argument may mention lm-eval (the module name is
+        # spelled backwards), as in a typical process
+        code = "import site, sys; site.addsitedir(sys.argv[1])"
+        call_start = f"; __import__({plugin.START_MODULE[::-1]!r}[::-1]).run()"  # what resolving the entry point does
+        variants = {
+            "with .pth hook": (pth, code),
+            "with .start entry": (start, code + call_start),
+            "without": (empty, code),
+        }
+        times: dict[str, list[float]] = {label: [] for label in variants}
         for _ in range(runs):
-            for label, folder in (("with hook", hooked), ("without", empty)):
-                start = time.perf_counter()
-                subprocess.run([sys.executable, "-c", f"import site; site.addsitedir({str(folder)!r})"], check=True)
-                times[label].append(time.perf_counter() - start)
-    line = timeit.timeit(lambda: exec(PTH_LINE.split("; ", 1)[1], {"sys": sys}), number=2000) / 2000
+            for label, (folder, command) in variants.items():
+                begin = time.perf_counter()
+                subprocess.run([sys.executable, "-S", "-c", command, str(folder)], check=True)
+                times[label].append(time.perf_counter() - begin)
+    line = timeit.timeit(lambda: exec(plugin.PTH_LINE, {}), number=2000) / 2000
+    full = timeit.timeit(lambda: exec(plugin.HOOK_CODE, {"sys": sys}), number=2000) / 2000
+    base = statistics.median(times["without"])
     for label, values in times.items():
-        print(f"python -c pass ({label}): median {statistics.median(values) * 1e3:.2f} ms over {runs} runs")
-    print(
-        f"difference of medians: {(statistics.median(times['with hook']) - statistics.median(times['without'])) * 1e3:.2f} ms"
-    )
-    print(f"the hook line alone (not an lm-eval process): {line * 1e6:.1f} us")
+        median = statistics.median(values)
+        extra = "" if label == "without" else f" ({(median - base) * 1e3:+.2f} ms)"
+        print(f"python -c ({label}): median {median * 1e3:.2f} ms over {runs} runs{extra}")
+    print(f"the .pth line alone (a process without lm-eval in its arguments): {line * 1e6:.1f} us")
+    print(f"the exact test alone (an argument mentions lm-eval): {full * 1e6:.1f} us")
 
 
 if __name__ == "__main__":

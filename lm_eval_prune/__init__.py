@@ -1,4 +1,4 @@
-"""lm-eval-prune: prune reasoning LLMs (Magnitude, Wanda; Uniform, OWL) and evaluate them with lm-eval.
+"""lm-eval-prune: prune reasoning LLMs (Magnitude, Wanda, SparseGPT; Uniform, OWL, LayerIF), evaluate them with lm-eval.
 
 Importing the package is cheap: torch and transformers load only when an engine function is used.
 """
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lm_eval_prune._version import __version__
 from lm_eval_prune.engine.config import PruneConfig
 from lm_eval_prune.errors import PruneConfigError
 
-__version__ = "0.1.0"
 __all__ = ["PruneConfig", "PruneConfigError", "PruneReport", "__version__", "prune_"]
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ def main(verbose: int) -> None:
 
 
 def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Every PruneConfig field as a click option (``owl_lambda`` -> ``--owl-lambda``), defaults and help from the dataclass."""
+    """Every PruneConfig field as a click option (``owl_lambda`` -> ``--owl-lambda``), defaults and help from it."""
     kinds = {"int": int, "float": float, "str": str}
     for field in reversed(fields(PruneConfig)):
         flag = "--" + field.name.replace("_", "-")
@@ -73,57 +73,23 @@ def config_from_options(options: dict[str, Any]) -> PruneConfig:
 @_fail_cleanly
 def prune(model: str, output: str, dtype: str, revision: str | None, overwrite: bool, **options: Any) -> None:
     """Prune MODEL (Hub id or local directory) and write a checkpoint with prune_report.json to OUTPUT."""
-    from lm_eval_prune.engine.calibration import load_calibration
-    from lm_eval_prune.engine.pruner import check_against_model_config, prune_, resolve_device
-    from lm_eval_prune.store.checkpoint import (
-        check_output_dir,
-        load_config_and_tokenizer,
-        load_model,
-        save_pruned,
-        torch_dtype,
-    )
+    from lm_eval_prune.store.cache import PruneCache
+    from lm_eval_prune.store.identity import BaseModel, check_dtype
+    from lm_eval_prune.store.pipeline import prune_to_directory
 
     config = config_from_options(options)
-    torch_dtype(dtype)
-    check_output_dir(output, overwrite)
-    model_config, tokenizer = load_config_and_tokenizer(model, revision)
-    check_against_model_config(config, model_config)
-    calibration = load_calibration(config, tokenizer) if config.needs_calibration else None
-    device = resolve_device(config.device)
-    weights = load_model(model, dtype, None if config.offload or device.type == "cpu" else str(device), revision)
-    scores = _layer_scores(weights, tokenizer, config, model, revision, model_config)
-    report = prune_(weights, config, tokenizer, calibration=calibration, layer_scores=scores)
-    report.extra["base_model"] = model
-    report.extra["revision"] = revision
-    save_pruned(weights, tokenizer, report, output)
-    click.echo(
-        json.dumps(
-            {
-                "output": output,
-                "overall_sparsity": round(report.overall_sparsity, 6),
-                "seconds": round(report.seconds, 3),
-                "fingerprint": report.fingerprint,
-            }
-        )
+    check_dtype(dtype)
+    result = prune_to_directory(
+        BaseModel(model, revision, dtype), config, output, overwrite, PruneCache.from_setting(None, given=False)
     )
-
-
-def _layer_scores(
-    weights: Any, tokenizer: Any, config: PruneConfig, model: str, revision: str | None, model_config: Any
-) -> list[float] | None:
-    """LayerIF scores through the default cache (None for other allocations)."""
-    if config.alloc != "layerif":
-        return None
-    from lm_eval_prune.store.cache import PruneCache, model_identity
-    from lm_eval_prune.store.pipeline import layer_scores_for
-
-    return layer_scores_for(
-        weights,
-        tokenizer,
-        config,
-        PruneCache.from_setting(None, given=False),
-        model_identity(model, revision, model_config),
-    )
+    report = result.report
+    summary = {
+        "output": output,
+        "overall_sparsity": round(report.overall_sparsity, 6),
+        "seconds": round(report.seconds, 3),
+        "fingerprint": report.fingerprint,
+    }
+    click.echo(json.dumps(summary))
 
 
 @main.command(name="layer-scores")
@@ -133,10 +99,10 @@ def _layer_scores(
 @click.option("--revision", default=None)
 @click.option(
     "--kind",
-    type=click.Choice(["layerif", "block-influence"]),
+    type=click.Choice(["layerif", "block-influence", "alphapruning"]),
     default="layerif",
     show_default=True,
-    help="LayerIF influence or ShortGPT BI.",
+    help="LayerIF influence, ShortGPT's Block Influence, or AlphaPruning's alpha (data-free).",
 )
 @click.option(
     "--save", "save_path", default=None, help="Write the scores as JSON here (usable as layerif_scores=PATH)."
@@ -153,45 +119,59 @@ def layer_scores(
     **options: Any,
 ) -> None:
     """Compute and print one quality score per decoder block of MODEL (cached), with the sparsity LayerIF would give."""
-    from lm_eval_prune.engine import allocation
-    from lm_eval_prune.engine.calibration import load_calibration
-    from lm_eval_prune.engine.model_utils import block_linear_params, decoder_blocks
-    from lm_eval_prune.engine.pruner import resolve_device
-    from lm_eval_prune.store.checkpoint import load_config_and_tokenizer, load_model
+    from lm_eval_prune.store.cache import PruneCache
+    from lm_eval_prune.store.identity import BaseModel, check_dtype
+    from lm_eval_prune.store.pipeline import SCORE_KINDS, compute_layer_scores
 
-    if kind == "layerif":
-        options["alloc"] = "layerif"
+    if kind in ("layerif", "alphapruning"):
+        options["alloc"] = kind
     config = config_from_options(options)
-    model_config, tokenizer = load_config_and_tokenizer(model, revision)
-    device = resolve_device(config.device)
-    weights = load_model(model, dtype, None if device.type == "cpu" else str(device), revision)
-    if kind == "layerif":
-        scores = _layer_scores(weights, tokenizer, config, model, revision, model_config) or []
-        params = [block_linear_params(b) for b in decoder_blocks(weights)]
-        sparsities = allocation.layerif(scores, config.sparsity, config.layerif_eps, params)
-    else:
-        import torch
+    check_dtype(dtype)
+    if plot_path:
+        from lm_eval_prune.publish.plots import require_matplotlib
 
-        from lm_eval_prune.engine.layer_scores import block_influence
-        from lm_eval_prune.engine.sequential import capture_block_inputs
-
-        weights.eval()
-        ids = load_calibration(config, tokenizer)
-        with torch.no_grad():
-            scores = block_influence(
-                weights, capture_block_inputs(weights, ids, config.calib_batch_size, device), device, False
-            )
-        sparsities = []
+        require_matplotlib()  # before the expensive work, not after
+    for path in (save_path, plot_path):
+        if path:
+            _check_writable_file(path)
+    kind_value = next(k for k in SCORE_KINDS if k == kind)
+    result = compute_layer_scores(
+        BaseModel(model, revision, dtype), config, kind_value, PruneCache.from_setting(None, given=False)
+    )
+    scores, sparsities = result.scores, result.sparsities
     rows = [
         {"block": i, "score": s, **({"sparsity": sparsities[i]} if sparsities else {})} for i, s in enumerate(scores)
     ]
     click.echo(json.dumps({"kind": kind, "model": model, "blocks": rows}, indent=1))
     if save_path:
-        Path(save_path).write_text(json.dumps({"scores": scores, "kind": kind, "model": model}) + "\n")
+        _write_atomically(Path(save_path), json.dumps({"scores": scores, "kind": kind, "model": model}) + "\n")
     if plot_path:
         from lm_eval_prune.publish.plots import plot_layer_scores
 
-        plot_layer_scores(scores, sparsities, kind, model, plot_path)
+        plot_layer_scores(scores, sparsities, kind, model, plot_path, config.sparsity if sparsities else None)
+
+
+def _check_writable_file(path: str) -> None:
+    """The file's folder exists (created if missing) and is writable: checked before any work, not after."""
+    import os
+
+    target = Path(path)
+    if not path or target.is_dir():
+        raise PruneConfigError(f"output file {path!r} must be a file path, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PruneConfigError(f"cannot create the folder of {path!r}: {exc.strerror}") from None
+    if not os.access(target.parent, os.W_OK):
+        raise PruneConfigError(f"the folder of {path!r} is not writable")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 @main.command()

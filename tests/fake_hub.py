@@ -23,7 +23,31 @@ class Repo:
     private: bool
     branches: dict[str, dict[str, bytes]] = field(default_factory=lambda: {"main": {}})
     commits: list[dict] = field(default_factory=list)
-    prs: list[dict[str, bytes]] = field(default_factory=list)
+    prs: list[dict[str, bytes]] = field(default_factory=list)  # files of pull request N (refs/pr/N) at prs[N-1]
+    heads: dict[str, str] = field(default_factory=dict)  # revision -> last commit oid
+
+    def files_at(self, revision: str) -> dict[str, bytes] | None:
+        """Files of a branch or of ``refs/pr/N``."""
+        if revision.startswith("refs/pr/"):
+            number = int(revision.rsplit("/", 1)[1])
+            return self.prs[number - 1] if 0 < number <= len(self.prs) else None
+        return self.branches.get(revision)
+
+
+def _pull_request(repo_id: str, number: int) -> dict:
+    """The details the Hub gives for pull request ``number`` (what ``get_discussion_details`` reads)."""
+    return {
+        "title": "upload",
+        "num": number,
+        "author": {"name": USER},
+        "createdAt": "2026-01-01T00:00:00.000Z",
+        "status": "draft",
+        "repo": {"name": repo_id, "type": "model"},
+        "isPullRequest": True,
+        "events": [],
+        "changes": {"base": "refs/heads/main"},
+        "filesWithConflicts": [],
+    }
 
 
 class FakeHub:
@@ -31,6 +55,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
         self.fail_commits_after: int | None = None  # commits accepted before the server starts failing them
+        self.fail_all_with: int | None = None  # every request answered with this status (a Hub that is down)
         self.base_models: dict[str, dict] = {}  # read-only model infos (cardData) of base models
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -74,13 +99,21 @@ class FakeHub:
             def do_GET(self) -> None:
                 url = urlparse(self.path)
                 hub.requests.append(("GET", url.path))
+                if hub.fail_all_with:
+                    return self._send(hub.fail_all_with, {"error": "simulated outage"})
                 if url.path == "/api/whoami-v2":
                     if not self._authorised():
                         return self._send(401, {"error": "Invalid credentials"})
                     return self._send(200, {"type": "user", "name": USER, "auth": {"accessToken": {"role": "write"}}})
-                parts = url.path.split("/")
+                parts = [unquote(p) for p in url.path.split("/")]
+                if url.path.startswith("/api/models/") and len(parts) == 7 and parts[5] == "discussions":
+                    repo_id, number = f"{parts[3]}/{parts[4]}", int(parts[6])
+                    if repo_id not in hub.repos or not 0 < number <= len(hub.repos[repo_id].prs):
+                        return self._send(404, {"error": "Discussion not found"})
+                    return self._send(200, _pull_request(repo_id, number))
                 if url.path.startswith("/api/models/") and len(parts) >= 5:
                     repo_id = f"{parts[3]}/{parts[4]}"
+                    revision = "/".join(parts[6:]) if len(parts) > 6 and parts[5] == "revision" else "main"
                     repo = hub.repos.get(repo_id)
                     if repo_id in hub.base_models:
                         return self._send(
@@ -89,13 +122,16 @@ class FakeHub:
                         )
                     if repo is None:
                         return self._send(404, {"error": "Repository not found"})
+                    files = repo.files_at(revision)
+                    if files is None:
+                        return self._send(404, {"error": f"revision {revision} not found"})
                     return self._send(
                         200,
                         {
                             "id": repo_id,
-                            "sha": "0" * 40,
+                            "sha": repo.heads.get(revision, "0" * 40),
                             "private": repo.private,
-                            "siblings": [{"rfilename": n} for n in repo.branches["main"]],
+                            "siblings": [{"rfilename": n} for n in files],
                         },
                     )
                 return self._send(404, {"error": f"no route {url.path}"})
@@ -104,6 +140,8 @@ class FakeHub:
                 url = urlparse(self.path)
                 hub.requests.append(("POST", url.path))
                 body = self._body()
+                if hub.fail_all_with:
+                    return self._send(hub.fail_all_with, {"error": "simulated outage"})
                 if not self._authorised():
                     return self._send(401, {"error": "Invalid credentials"})
                 if url.path == "/api/validate-yaml":
@@ -120,6 +158,12 @@ class FakeHub:
                     )
                     return self._send(200, {"url": f"{hub.url}/{repo_id}"})
                 parts = [unquote(p) for p in url.path.split("/")]
+                if len(parts) == 6 and parts[1:3] == ["api", "models"] and parts[5] == "discussions":
+                    repo = hub.repos.get(f"{parts[3]}/{parts[4]}")
+                    if repo is None:
+                        return self._send(404, {"error": "Repository not found"})
+                    repo.prs.append(dict(repo.branches["main"]))  # a draft pull request starts from main
+                    return self._send(200, {"num": len(repo.prs), "pullRequest": json.loads(body)["pullRequest"]})
                 if len(parts) < 7 or parts[1:3] != ["api", "models"]:
                     return self._send(404, {"error": f"no route {url.path}"})
                 repo_id, action, revision = f"{parts[3]}/{parts[4]}", parts[5], "/".join(parts[6:])
@@ -127,9 +171,11 @@ class FakeHub:
                 if repo is None:
                     return self._send(404, {"error": "Repository not found"})
                 if action == "branch":
-                    repo.branches.setdefault(revision, dict(repo.branches["main"]))
+                    if revision not in repo.branches:
+                        repo.branches[revision] = dict(repo.branches["main"])
+                        repo.heads[revision] = repo.heads.get("main", "0" * 40)
                     return self._send(200, {})
-                files = repo.branches.get(revision)
+                files = repo.files_at(revision)
                 if files is None:
                     return self._send(404, {"error": f"revision {revision} not found"})
                 if action == "preupload":
@@ -159,12 +205,14 @@ class FakeHub:
                         elif line["key"] != "header":
                             return self._send(400, {"error": f"unsupported {line['key']}"})
                     create_pr = parse_qs(url.query).get("create_pr") == ["1"]
-                    if create_pr:
-                        repo.prs.append(added)
+                    if create_pr:  # a pull request starts from the branch and gets the commit
+                        repo.prs.append({**files, **added})
+                        revision = f"refs/pr/{len(repo.prs)}"
                     else:
                         files.update(added)
                     repo.commits.append({"revision": revision, "files": sorted(added), "pr": create_pr})
                     oid = hashlib.sha1(repr(repo.commits).encode()).hexdigest()
+                    repo.heads[revision] = oid
                     pr_url = f"{hub.url}/{repo_id}/discussions/{len(repo.prs)}" if create_pr else None
                     return self._send(
                         200,

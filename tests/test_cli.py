@@ -137,8 +137,8 @@ def test_console_script_runs(stories_path, tmp_path):
     [
         (["--sparsity", "1.0"], "sparsity=1.0 is outside [0, 1)"),
         (["--sparsity", "-0.1"], "sparsity=-0.1 is outside [0, 1)"),
-        (["--method", "sparsegpt"], "unknown method 'sparsegpt'; allowed: magnitude, none, shortgpt, wanda"),
-        (["--alloc", "owll"], "unknown alloc 'owll'; allowed: layerif, owl, uniform"),
+        (["--method", "obs"], "unknown method 'obs'; allowed: magnitude, none, shortgpt, sparsegpt, wanda"),
+        (["--alloc", "owll"], "unknown alloc 'owll'; allowed: alphapruning, layerif, owl, uniform"),
         (["--pattern", "4:2"], "pattern='4:2' is not allowed"),
         (["--pattern", "4:8"], "intermediate_size=172 (the input size of mlp.down_proj) is not a multiple of 8"),
         (["--nsamples", "0"], "nsamples=0 must be an integer >= 1"),

@@ -25,21 +25,22 @@ def owl(outlier_percents: Sequence[float], sparsity: float, lam: float) -> list[
     uniform sparsity (the reference divides by zero there). Non-positive results are clamped to 0.01 as in the
     reference, with a warning; results >= 1 are an error.
     """
-    d = [float(x) for x in outlier_percents]
+    d = finite_values(outlier_percents, "OWL outlier percents")
     lo, hi = min(d), max(d)
     if hi == lo:
         return uniform(len(d), sparsity)
-    scaled = [(x - lo) / (hi - lo) * 2 * lam for x in d]
+    scaled = [unit_interval(x, lo, hi) * 2 * lam for x in d]
     mean = sum(scaled) / len(scaled)
     ratios = [sparsity - (x - mean) for x in scaled]
     if max(ratios) >= 1.0:
         raise PruneConfigError(
-            f"OWL gives a block sparsity of {max(ratios):.4f} >= 1 at sparsity={sparsity}, owl_lambda={lam}; lower owl_lambda"
+            f"OWL gives a block sparsity of {max(ratios):.4f} >= 1 at sparsity={sparsity}, owl_lambda={lam}; "
+            "lower owl_lambda"
         )
     clamped = [r if r > 0 else OWL_MIN_SPARSITY for r in ratios]
     if clamped != ratios:
         log.warning("OWL: non-positive block sparsities clamped to %s as in the reference", OWL_MIN_SPARSITY)
-    return clamped
+    return check_block_sparsities(clamped, f"OWL (sparsity={sparsity}, owl_lambda={lam})")
 
 
 def layerif(scores: Sequence[float], sparsity: float, eps: float, block_params: Sequence[int]) -> list[float]:
@@ -52,16 +53,35 @@ def layerif(scores: Sequence[float], sparsity: float, eps: float, block_params: 
         raise PruneConfigError(
             f"LayerIF needs one score per block: got {len(scores)} scores for {len(block_params)} blocks"
         )
-    values = [float(x) for x in scores]
-    if any(math.isnan(v) or math.isinf(v) for v in values):
-        raise PruneConfigError(f"LayerIF scores must be finite numbers; got {values}")
+    values = finite_values(scores, "LayerIF scores")
     lo, hi = min(values), max(values)
-    ratios = [1.0] * len(values) if hi == lo else [1 - eps + 2 * eps * (v - lo) / (hi - lo) for v in values]
+    ratios = [1.0] * len(values) if hi == lo else [1 - eps + 2 * eps * unit_interval(v, lo, hi) for v in values]
     scale = sparsity * sum(block_params) / sum(p * r for p, r in zip(block_params, ratios, strict=True))
-    result = [r * scale for r in ratios]
-    if min(result) < 0 or max(result) >= 1:
-        worst = max(result) if max(result) >= 1 else min(result)
-        raise PruneConfigError(
-            f"LayerIF gives a block sparsity of {worst:.4f}, outside [0, 1), at sparsity={sparsity}, layerif_eps={eps}; lower layerif_eps"
-        )
-    return result
+    what = f"LayerIF (sparsity={sparsity}, layerif_eps={eps}; lower layerif_eps)"
+    return check_block_sparsities([r * scale for r in ratios], what)
+
+
+def finite_values(values: Sequence[float], what: str) -> list[float]:
+    """``values`` as floats; NaN, infinities and non-numbers (booleans included) are an error."""
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise PruneConfigError(f"{what} must be finite numbers; got {value!r}")
+        out.append(float(value))
+    if not out:
+        raise PruneConfigError(f"{what} are empty")
+    return out
+
+
+def unit_interval(value: float, lo: float, hi: float) -> float:
+    """(value - lo) / (hi - lo) without overflow for values near the float range (1e308 and -1e308)."""
+    return (value / 2 - lo / 2) / (hi / 2 - lo / 2)
+
+
+def check_block_sparsities(values: Sequence[float], what: str) -> list[float]:
+    """Every block sparsity a finite number in [0, 1): an allocation that breaks this is an error, never a NaN prune."""
+    out = [float(v) for v in values]
+    for index, value in enumerate(out):
+        if not math.isfinite(value) or not 0.0 <= value < 1.0:
+            raise PruneConfigError(f"{what} gives block {index} a sparsity of {value!r}, outside [0, 1)")
+    return out

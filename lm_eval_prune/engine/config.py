@@ -1,26 +1,36 @@
-"""`PruneConfig`: every prune setting, validated once, serialised everywhere."""
+"""`PruneConfig`: every prune setting, validated once (values only: it never touches files), serialised everywhere.
+
+Files named by settings are checked by ``store.pipeline.check_sources`` before anything loads, so a report's config
+can be rebuilt on a machine that has none of the original files (``publish``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lm_eval_prune.engine.methods import ALLOCATORS, METHODS
+from lm_eval_prune.engine.methods import ALLOCATORS, METHODS, MethodSpec, owner_of
 from lm_eval_prune.errors import PruneConfigError
 
-HUB_CALIBRATION_SETS = ("c4", "wikitext2")
+HUB_CALIBRATION_SETS = ("c4", "wikitext2", "s1k")
+SOURCE_PREFIXES = ("traces:", "self:")  # a reasoning-trace file, or prompts the dense model answers itself
 TOKEN_FILE_SUFFIXES = (".pt", ".npy")
 TEXT_FILE_SUFFIXES = (".txt", ".jsonl")
 _NM_RE = re.compile(r"^(\d+):(\d+)$")
 
-# Fields that change how the work runs but not which weights come out (excluded from the fingerprint).
-EXECUTION_FIELDS = frozenset({"device", "offload", "calib_batch_size"})
+# Fields that change how the work runs but not which weights come out (excluded from the identity). The device and
+# the calibration batch size DO change the bytes (float rounding of other kernels), so they are part of the identity.
+EXECUTION_FIELDS = frozenset({"offload"})
+SOURCE_FIELDS = ("calibration", "layerif_train", "layerif_val", "layerif_scores")
+ShortGPTMode = Literal["bi", "tail"]
+SHORTGPT_MODES: tuple[ShortGPTMode, ...] = ("bi", "tail")
+LAYERIF_HESSIANS = ("identity", "datainf")
+LAYERIF_MODULES = ("attn", "all")
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,14 @@ class PruneConfig:
     alloc: str = field(default="uniform", metadata={"help": "layer-wise allocation: " + ", ".join(ALLOCATORS.names())})
     sparsity: float = field(default=0.5, metadata={"help": "target fraction of block-linear weights zeroed, in [0, 1)"})
     pattern: str = field(default="unstructured", metadata={"help": "'unstructured' or N:M such as 2:4, 4:8"})
-    calibration: str = field(default="c4", metadata={"help": "c4, wikitext2, or a .txt/.jsonl/.pt/.npy path"})
+    calibration: str = field(
+        default="c4",
+        metadata={"help": "c4, wikitext2, s1k, traces:PATH, self:PROMPTS.jsonl, or a .txt/.jsonl/.pt/.npy path"},
+    )
+    trace_field: str = field(
+        default="", metadata={"help": "reasoning-trace sources: the trajectory field (default: detected)"}
+    )
+    calib_gen_tokens: int = field(default=1024, metadata={"help": "self:PROMPTS: tokens generated per trace"})
     nsamples: int = field(default=128, metadata={"help": "calibration sequences"})
     seqlen: int = field(default=2048, metadata={"help": "tokens per calibration sequence"})
     seed: int = field(default=0, metadata={"help": "seed of the calibration sampling"})
@@ -49,9 +66,20 @@ class PruneConfig:
     layerif_val: str = field(
         default="", metadata={"help": "LayerIF: validation text source (default: the calibration source, seed+1)"}
     )
+    layerif_hessian: str = field(
+        default="identity", metadata={"help": "LayerIF estimator: identity (TracIn-like) or datainf (LayerIF's own)"}
+    )
+    layerif_modules: str = field(
+        default="all", metadata={"help": "LayerIF tensors: attn (q/k/v/o, as LayerIF) or all (attention + MLP)"}
+    )
     layerif_nsamples: int = field(default=128, metadata={"help": "LayerIF: training samples (one backward each)"})
     layerif_val_nsamples: int = field(default=32, metadata={"help": "LayerIF: validation samples"})
     layerif_seqlen: int = field(default=128, metadata={"help": "LayerIF: tokens per sample"})
+    alpha_eps: float = field(
+        default=0.3, metadata={"help": "AlphaPruning: sparsity ratios span [1-eps, 1+eps] around the target"}
+    )
+    percdamp: float = field(default=0.01, metadata={"help": "SparseGPT: dampening, a fraction of mean(diag H)"})
+    blocksize: int = field(default=128, metadata={"help": "SparseGPT: columns per lazy-update block"})
     drop_layers: int = field(default=0, metadata={"help": "ShortGPT: number of decoder blocks to remove"})
     shortgpt_mode: str = field(
         default="bi", metadata={"help": "ShortGPT: 'bi' (lowest Block Influence) or 'tail' (the last blocks)"}
@@ -61,8 +89,12 @@ class PruneConfig:
     offload: bool = field(default=False, metadata={"help": "keep only the block in work on the device"})
 
     def __post_init__(self) -> None:
-        METHODS.get(self.method)
-        ALLOCATORS.get(self.alloc)
+        self.method_spec  # noqa: B018  (unknown method: one-line error)
+        self.alloc_spec  # noqa: B018
+        for name in ("sparsity", "owl_m", "owl_lambda", "layerif_eps", "alpha_eps", "percdamp"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise PruneConfigError(f"{name}={value!r} must be a finite number")
         if not 0.0 <= self.sparsity < 1.0:
             raise PruneConfigError(f"sparsity={self.sparsity!r} is outside [0, 1)")
         if self.pattern != "unstructured":
@@ -73,51 +105,73 @@ class PruneConfig:
                 )
             if self.alloc != "uniform":
                 raise PruneConfigError(
-                    f"pattern={self.pattern!r} needs alloc=uniform (N:M fixes the sparsity at N/M), not alloc={self.alloc!r}"
+                    f"pattern={self.pattern!r} needs alloc=uniform (N:M fixes the sparsity at N/M), "
+                    f"not alloc={self.alloc!r}"
                 )
-        for name in ("nsamples", "seqlen", "calib_batch_size"):
-            if getattr(self, name) < 1:
-                raise PruneConfigError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        for name in (
+            "nsamples",
+            "seqlen",
+            "calib_batch_size",
+            "layerif_nsamples",
+            "layerif_val_nsamples",
+            "layerif_seqlen",
+            "blocksize",
+            "calib_gen_tokens",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PruneConfigError(f"{name}={value!r} must be an integer >= 1")
+        if self.percdamp <= 0:
+            raise PruneConfigError(f"percdamp={self.percdamp!r} must be > 0")
         if self.owl_m <= 0:
             raise PruneConfigError(f"owl_m={self.owl_m!r} must be > 0")
         if not 0 <= self.owl_lambda < 0.5:
             raise PruneConfigError(f"owl_lambda={self.owl_lambda!r} must be in [0, 0.5)")
-        self._check_layer_settings()
-        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
-            raise PruneConfigError(f"device={self.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
-        for name in ("calibration", "layerif_train", "layerif_val"):
-            _check_source(name, getattr(self, name))
-
-    def _check_layer_settings(self) -> None:
-        """LayerIF and ShortGPT keys: valid, and only with the allocation/method that uses them."""
-        defaults = {f.name: f.default for f in fields(self)}
-        layerif_changed = [n for n in defaults if n.startswith("layerif_") and getattr(self, n) != defaults[n]]
-        if layerif_changed and self.alloc != "layerif":
+        for name in ("layerif_eps", "alpha_eps"):
+            if not 0 <= getattr(self, name) < 1:
+                raise PruneConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        for name, allowed in (("layerif_hessian", LAYERIF_HESSIANS), ("layerif_modules", LAYERIF_MODULES)):
+            if getattr(self, name) not in allowed:
+                raise PruneConfigError(f"{name}={getattr(self, name)!r} is not allowed; use {' or '.join(allowed)}")
+        if self.shortgpt_mode not in SHORTGPT_MODES:
             raise PruneConfigError(
-                f"{layerif_changed[0]}={getattr(self, layerif_changed[0])!r} needs alloc=layerif, not alloc={self.alloc!r}"
+                f"shortgpt_mode={self.shortgpt_mode!r} is not allowed; use {' or '.join(SHORTGPT_MODES)}"
             )
-        if not 0 <= self.layerif_eps < 1:
-            raise PruneConfigError(f"layerif_eps={self.layerif_eps!r} must be in [0, 1)")
-        for name in ("layerif_nsamples", "layerif_val_nsamples", "layerif_seqlen"):
-            if getattr(self, name) < 1:
-                raise PruneConfigError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
-        if self.layerif_scores:
-            if Path(self.layerif_scores).suffix not in (".json", ".npy"):
-                raise PruneConfigError(f"layerif_scores={self.layerif_scores!r} must be a .json or .npy file")
-            if not Path(self.layerif_scores).is_file():
-                raise PruneConfigError(f"layerif_scores file {self.layerif_scores!r} does not exist")
-        structured = METHODS.get(self.method).structured
-        if structured:
+        if not isinstance(self.drop_layers, int) or self.drop_layers < 0:
+            raise PruneConfigError(f"drop_layers={self.drop_layers!r} must be an integer >= 0")
+        self._check_owned_settings()
+        if self.method_spec.structured:
             if self.drop_layers < 1:
                 raise PruneConfigError(f"drop_layers={self.drop_layers!r} must be >= 1 for method={self.method!r}")
             if self.alloc != "uniform" or self.pattern != "unstructured":
                 raise PruneConfigError(
-                    f"method={self.method!r} removes whole blocks; it takes no alloc or pattern (got alloc={self.alloc!r}, pattern={self.pattern!r})"
+                    f"method={self.method!r} removes whole blocks; it takes no alloc or pattern "
+                    f"(got alloc={self.alloc!r}, pattern={self.pattern!r})"
                 )
-            if self.shortgpt_mode not in ("bi", "tail"):
-                raise PruneConfigError(f"shortgpt_mode={self.shortgpt_mode!r} is not allowed; use bi or tail")
-        elif self.drop_layers or self.shortgpt_mode != "bi":
-            raise PruneConfigError(f"drop_layers/shortgpt_mode need method=shortgpt, not method={self.method!r}")
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
+            raise PruneConfigError(f"device={self.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
+        for name in SOURCE_FIELDS:
+            _check_source_name(name, getattr(self, name))
+
+    def _check_owned_settings(self) -> None:
+        """A setting that belongs to another method or allocation than the chosen ones is refused, whatever it is."""
+        chosen = {f"method={self.method}", f"alloc={self.alloc}"}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            owner = owner_of(item.name)
+            if owner is not None and owner not in chosen and value != item.default:
+                raise PruneConfigError(
+                    f"{item.name}={value!r} applies to {owner} only; "
+                    f"this run has method={self.method}, alloc={self.alloc}"
+                )
+
+    @property
+    def method_spec(self) -> MethodSpec:
+        return METHODS.get(self.method)
+
+    @property
+    def alloc_spec(self) -> Any:
+        return ALLOCATORS.get(self.alloc)
 
     # ----------------------------------------------------------------- derived facts
     @property
@@ -129,7 +183,7 @@ class PruneConfig:
     @property
     def effective_sparsity(self) -> float:
         """The sparsity each matrix gets under uniform allocation (N/M for N:M)."""
-        if self.method == "none" or METHODS.get(self.method).structured:
+        if self.method_spec.kind != "unstructured":
             return 0.0
         nm = self.nm
         return nm[0] / nm[1] if nm else self.sparsity
@@ -137,25 +191,24 @@ class PruneConfig:
     @property
     def is_dense(self) -> bool:
         """Nothing will be removed or zeroed (``method=none``, or sparsity 0 with an unstructured method)."""
-        return self.method == "none" or (not METHODS.get(self.method).structured and self.effective_sparsity == 0.0)
+        spec = self.method_spec
+        return spec.dense or (spec.kind == "unstructured" and self.effective_sparsity == 0.0)
 
     @property
     def needs_calibration(self) -> bool:
-        if METHODS.get(self.method).structured:
+        if self.method_spec.structured:
             return self.shortgpt_mode == "bi"
-        if self.method == "none" or self.effective_sparsity == 0.0:
+        if self.is_dense:
             return False
-        return METHODS.get(self.method).uses_activations or ALLOCATORS.get(self.alloc).needs_activations
+        return self.method_spec.uses_activations or self.alloc_spec.needs_activations
 
     # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, **extra: Any) -> str:
-        """Hex digest of the settings that decide the pruned weights, plus ``extra`` (model, data hash, ...)."""
-        data = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
-        data.update(extra)
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def identity_settings(self) -> dict[str, Any]:
+        """The settings that decide the pruned weights (everything but execution-only fields)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
 
     def replace(self, **changes: Any) -> PruneConfig:
         return dataclasses.replace(self, **changes)
@@ -193,17 +246,26 @@ class PruneConfig:
         return cls.from_mapping(ours), rest
 
 
-def _check_source(name: str, source: str) -> None:
-    """A text/token source: a Hub set name or an existing file of a known kind ('' = unset)."""
-    if not source or source in HUB_CALIBRATION_SETS:
+def _check_source_name(name: str, source: str) -> None:
+    """A source's form: a Hub set, a prefixed or a plain path of a known kind ('' = unset); files are checked later."""
+    if not source:
         return
-    path = Path(source)
-    if path.suffix not in TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES:
+    if name == "layerif_scores":
+        if Path(source).suffix not in (".json", ".npy"):
+            raise PruneConfigError(f"layerif_scores={source!r} must be a .json or .npy file")
+        return
+    if source in HUB_CALIBRATION_SETS:
+        return
+    prefix = next((p for p in SOURCE_PREFIXES if source.startswith(p)), None)
+    if prefix is not None:
+        if not source[len(prefix) :].strip():
+            raise PruneConfigError(f"{name}={source!r} needs a path after {prefix!r}")
+        return
+    if Path(source).suffix not in TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES:
+        allowed = ", ".join(TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES)
         raise PruneConfigError(
-            f"{name}={source!r} is not allowed; use {', '.join(HUB_CALIBRATION_SETS)} or a path ending in {', '.join(TEXT_FILE_SUFFIXES + TOKEN_FILE_SUFFIXES)}"
+            f"{name}={source!r} is not allowed; use {', '.join(HUB_CALIBRATION_SETS)} or a path ending in {allowed}"
         )
-    if not path.is_file():
-        raise PruneConfigError(f"{'calibration' if name == 'calibration' else name} file {source!r} does not exist")
 
 
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

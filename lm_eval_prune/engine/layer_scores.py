@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from lm_eval_prune.engine.model_utils import block_linears, decoder_blocks
 from lm_eval_prune.engine.sequential import BlockInputs, propagate, run_block
@@ -29,10 +31,11 @@ def cosine_block_influence(inputs: torch.Tensor, outputs: torch.Tensor) -> tuple
 
 
 def block_influence(model: nn.Module, inputs: BlockInputs, device: torch.device, offload: bool) -> list[float]:
-    """ShortGPT's BI_i = 1 - mean over tokens of cos(x_i, x_{i+1}), x_i the hidden state entering block i (dense pass)."""
+    """ShortGPT's BI_i = 1 - mean over tokens of cos(x_i, x_{i+1}), x_i the hidden state entering block i (dense)."""
     scores: list[float] = []
 
-    def visit(_index: int, block: nn.Module, block_inputs: BlockInputs) -> list[torch.Tensor]:
+    def visit(_index: int, block: nn.Module, block_inputs: BlockInputs | None) -> list[torch.Tensor]:
+        assert block_inputs is not None
         outputs = run_block(block, block_inputs)
         total = count = 0.0
         for x_in, x_out in zip(block_inputs.hidden, outputs, strict=True):
@@ -41,12 +44,12 @@ def block_influence(model: nn.Module, inputs: BlockInputs, device: torch.device,
         scores.append(total / count)
         return outputs
 
-    propagate(model, inputs, visit, device, offload, desc="ShortGPT block influence")
+    propagate(model, inputs, visit, device, offload, desc="ShortGPT block influence", changes_weights=False)
     return scores
 
 
-def remove_blocks_(model: nn.Module, remove: list[int]) -> None:
-    """Delete decoder blocks and fix the config (num_hidden_layers, layer_types, max_window_layers) and layer indices."""
+def remove_blocks_(model: Any, remove: list[int]) -> None:
+    """Delete decoder blocks; fix the config (num_hidden_layers, layer_types, max_window_layers) and layer indices."""
     blocks = decoder_blocks(model)
     keep = [i for i in range(len(blocks)) if i not in set(remove)]
     config = model.config
@@ -74,13 +77,19 @@ def _sample_losses(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.enable_grad()
 def layerif_influence(
-    model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, batch_size: int = 8
+    model: Any,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    batch_size: int = 8,
+    positives: list[int] | None = None,
 ) -> list[float]:
     """``S_l = sum_i max(0, -<G_val^l, g_i^l>)`` over the attention and MLP linear weights of each block l.
 
-    Cheap form: one backward of the summed validation loss (G_val kept per weight), then one backward per training
-    sample with per-block dot products; no per-sample gradient is stored. Only block-linear weights get gradients;
-    gradient checkpointing is on during the backwards.
+    Cheap form: one backward of the summed validation loss (G_val kept per weight, in fp32), then one backward per
+    training sample with per-block dot products accumulated on the device (one host sync per sample); no per-sample
+    gradient is stored. Only block-linear weights get gradients; gradient checkpointing is on during the backwards.
+    A non-finite dot product (fp16 overflow) is an error, never a silent 0. ``positives`` (filled when given) counts,
+    per block, the training samples that raise the validation loss.
     """
     blocks = decoder_blocks(model)
     device = next(model.parameters()).device
@@ -88,52 +97,85 @@ def layerif_influence(
     weights = [linear.weight for group in linears for linear in group]
     saved = {id(p): p.requires_grad for p in model.parameters()}
     was_training = model.training
-    checkpointing = getattr(model, "is_activation_checkpointing", None)
-    checkpointing = getattr(model, "is_gradient_checkpointing", False) if checkpointing is None else checkpointing
+    had_input_hook = getattr(model, "_require_grads_hook", None) is not None
+    disable = _enable_checkpointing(model)
     for param in model.parameters():
         param.requires_grad_(False)
     for weight in weights:
         weight.requires_grad_(True)
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        disable = model.activation_checkpointing_disable
-    elif hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        disable = model.gradient_checkpointing_disable
-    else:
-        disable = None
     model.train()  # checkpointing is active in train mode only; these architectures have no dropout at 0.0 rates
     try:
         for weight in weights:
             weight.grad = None
-        for batch in val_ids.split(batch_size):
+        for batch in tqdm(val_ids.split(batch_size), desc="LayerIF validation gradient", unit="batch", leave=False):
             _sample_losses(model, batch.to(device)).sum().backward()
-        g_val = [[linear.weight.grad.detach().clone() for linear in group] for group in linears]
+        g_val = [[_grad(linear).float().reshape(-1) for linear in group] for group in linears]
         scores = [0.0] * len(blocks)
-        for sample in train_ids:
+        counts = [0] * len(blocks)
+        for sample in tqdm(train_ids, desc="LayerIF training backwards", unit="sample", leave=False):
             for weight in weights:
                 weight.grad = None
             _sample_losses(model, sample.unsqueeze(0).to(device)).sum().backward()
-            for index, group in enumerate(linears):
-                dot = sum(
-                    float((gv.float() * linear.weight.grad.float()).sum(dtype=torch.float64))
-                    for gv, linear in zip(g_val[index], group, strict=True)
-                )
+            dots = torch.stack(
+                [
+                    sum(
+                        (
+                            torch.dot(gv, _grad(linear).reshape(-1).float())
+                            for gv, linear in zip(vals, group, strict=True)
+                        ),
+                        torch.zeros((), device=vals[0].device),
+                    )
+                    for vals, group in zip(g_val, linears, strict=True)
+                ]
+            ).tolist()
+            for index, dot in enumerate(dots):
+                if not math.isfinite(dot):
+                    raise PruneConfigError(
+                        f"LayerIF: the gradient dot product of block {index} is {dot} (overflow in the model dtype); "
+                        "load the model in bfloat16 or float32"
+                    )
                 scores[index] += max(0.0, -dot)
+                counts[index] += int(dot < 0)
     finally:
         for weight in weights:
             weight.grad = None
         for param in model.parameters():
             param.requires_grad_(saved[id(param)])
-        if disable is not None and not checkpointing:
+        if disable is not None:
             disable()
+        if not had_input_hook and getattr(model, "_require_grads_hook", None) is not None:
+            model.disable_input_require_grads()  # checkpointing added it to the embeddings; it must not outlive us
         model.train(was_training)
+    if positives is not None:
+        positives[:] = counts
     if not any(scores):
         log.warning(
             "LayerIF scores are all zero: no training sample raises the validation loss (all <G_val, g_i> >= 0); "
-            "the allocation will be uniform. Validation text from another domain than the training text separates blocks."
+            "the allocation will be uniform. Validation text from another domain than the training text "
+            "separates blocks."
         )
     return scores
+
+
+def _grad(linear: nn.Linear) -> torch.Tensor:
+    if linear.weight.grad is None:
+        raise RuntimeError("a block linear got no gradient: is the model's forward detached from its weights?")
+    return linear.weight.grad.detach()
+
+
+def _enable_checkpointing(model: Any) -> Callable[[], None] | None:
+    """Turn activation checkpointing on (transformers >= 5.2x renamed it); return how to undo it (None: nothing)."""
+    active = getattr(model, "is_activation_checkpointing", None)
+    active = getattr(model, "is_gradient_checkpointing", False) if active is None else active
+    if active:
+        return None
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return model.activation_checkpointing_disable
+    if hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model.gradient_checkpointing_disable
+    return None
 
 
 def read_score_file(path: str | Path, n_blocks: int) -> list[float]:
@@ -146,8 +188,11 @@ def read_score_file(path: str | Path, n_blocks: int) -> list[float]:
             values = [float(v) for v in np.load(path, allow_pickle=False).reshape(-1)]
         else:
             data = json.loads(path.read_text())
-            values = [float(v) for v in (data["scores"] if isinstance(data, dict) else data)]
-    except (ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
+            raw = data["scores"] if isinstance(data, dict) else data
+            if not isinstance(raw, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in raw):
+                raise TypeError("not a list of numbers")
+            values = [float(v) for v in raw]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
         raise PruneConfigError(
             f"layerif_scores file {str(path)!r} is not a list of numbers ({type(exc).__name__})"
         ) from None
@@ -161,7 +206,7 @@ def read_score_file(path: str | Path, n_blocks: int) -> list[float]:
 
 
 def layerif_data(config: Any, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training ids, validation ids) for LayerIF from its sources (default: the calibration source, seeds s and s+1)."""
+    """(training ids, validation ids) for LayerIF from its sources (default: the calibration source, seeds s, s+1)."""
     from lm_eval_prune.engine.calibration import load_calibration
 
     train_source = config.layerif_train or config.calibration
@@ -180,37 +225,81 @@ def layerif_data(config: Any, tokenizer: Any) -> tuple[torch.Tensor, torch.Tenso
     return train, val
 
 
-def cached_layerif_scores(
-    model: nn.Module, tokenizer: Any, config: Any, cache_dir: Path | None, key_extra: dict[str, Any]
+def layerif_device(config_device: str, offload: bool, cuda_available: bool) -> str:
+    """Where LayerIF's backwards run: the GPU whenever one is present, whatever ``offload`` says about the prune.
+
+    (``offload`` keeps the model in CPU memory for the prune; LayerIF on the CPU would take hours for an 8B model.)
+    """
+    if config_device.startswith("cuda"):
+        return config_device
+    if config_device == "auto" and cuda_available:
+        return "cuda"
+    return "cpu"
+
+
+def layerif_scores(
+    model: nn.Module, train: torch.Tensor, val: torch.Tensor, config: Any, positives: list[int] | None = None
 ) -> list[float]:
-    """LayerIF scores from ``config.layerif_scores``, else from the cache, else computed (and cached)."""
+    """LayerIF with the configured estimator: the identity over attention+MLP (the seed study's variant, one backward
+    per sample, nothing stored) or DataInf / the identity on the chosen tensors from per-sample gradient factors."""
+    if config.layerif_hessian == "identity" and config.layerif_modules == "all":
+        return layerif_influence(model, train, val, batch_size=config.calib_batch_size, positives=positives)
+    from lm_eval_prune.engine.datainf import datainf_block_scores
+
+    scores = datainf_block_scores(
+        model,
+        train,
+        val,
+        config.layerif_modules,
+        config.calib_batch_size,
+        estimator=config.layerif_hessian,
+        positives=positives,
+    )
+    if not any(scores):
+        log.warning("LayerIF (%s) scores are all zero: the allocation will be uniform", config.layerif_hessian)
+    return scores
+
+
+def cached_layerif_scores(
+    model: nn.Module, tokenizer: Any, config: Any, path: Path | None, positives: list[int] | None = None
+) -> list[float]:
+    """LayerIF scores from ``config.layerif_scores``, else from ``path`` (a cache file), else computed (cached there).
+
+    Computed on the GPU when one is present (the model is moved there for the backwards and back afterwards).
+    """
     n_blocks = len(decoder_blocks(model))
     if config.layerif_scores:
         return read_score_file(config.layerif_scores, n_blocks)
-    settings = {
-        k: getattr(config, k)
-        for k in (
-            "layerif_train",
-            "layerif_val",
-            "layerif_nsamples",
-            "layerif_val_nsamples",
-            "layerif_seqlen",
-            "seed",
-            "calibration",
-        )
-    }
-    key = hashlib.sha256(
-        json.dumps({"kind": "layerif-identity-hessian", **settings, **key_extra}, sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
-    path = cache_dir / "layerif" / f"{key}.json" if cache_dir is not None else None
     if path is not None and path.is_file():
-        log.info("LayerIF scores from the cache: %s", path)
-        return read_score_file(path, n_blocks)
+        try:
+            scores = read_score_file(path, n_blocks)
+            log.info("LayerIF scores from the cache: %s", path)
+            if positives is not None:
+                stored = json.loads(path.read_text()).get("positives")
+                positives[:] = stored if isinstance(stored, list) else []
+            return scores
+        except PruneConfigError as exc:
+            log.warning("cached LayerIF scores at %s are damaged (%s); computing them again", path, exc)
     train, val = layerif_data(config, tokenizer)
-    scores = layerif_influence(model, train, val, batch_size=config.calib_batch_size)
+    home = next(model.parameters()).device
+    dispatched = len(set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))) > 1
+    target = torch.device(layerif_device(config.device, config.offload, torch.cuda.is_available()))
+    move = not dispatched and target != home
+    if move:
+        model.to(target)
+    try:
+        counts: list[int] = []
+        scores = layerif_scores(model, train, val, config, counts)
+    finally:
+        if move:
+            model.to(home)
+            if target.type == "cuda":
+                torch.cuda.empty_cache()
+    if positives is not None:
+        positives[:] = counts
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"scores": scores, "settings": settings}))
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"scores": scores, "positives": counts}))
         tmp.replace(path)
     return scores

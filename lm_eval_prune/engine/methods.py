@@ -1,47 +1,162 @@
-"""What each pruning method and allocation is, without importing torch (config validation uses it)."""
+"""The registries of pruning methods and layer-wise allocations: each entry names its behaviour and its settings.
+
+Torch-free on purpose (settings checks use it): behaviour is named as ``"module:function"`` and imported on first
+call. Adding a method or an allocation is one module plus one entry here; nothing else dispatches on their names.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from lm_eval_prune.engine.registry import Registry
+
+MethodKind = Literal["dense", "unstructured", "structured"]
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A function named ``module:attribute``, imported when first called (keeps torch out of settings checks)."""
+
+    target: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module, _, name = self.target.partition(":")
+        function: Callable[..., Any] = getattr(importlib.import_module(module), name)
+        return function(*args, **kwargs)
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A pruning method: how weights are scored and compared."""
+    """A pruning method.
+
+    ``prune`` prunes one linear in place (unstructured methods); ``statistics`` is a context manager over a block's
+    linears that hooks them and yields one statistic per linear (Wanda's column norms, SparseGPT's Hessians), filled by
+    the block's forward on the calibration inputs; ``settings`` are the config fields only this method uses.
+    """
 
     name: str
-    score: str  # "magnitude" (|W|), "wanda" (|W| * ||X_j||), "" (nothing pruned or structured)
-    comparison: str  # "matrix" (one threshold per weight matrix) or "row" (per output row)
-    structured: bool = False
-    description: str = ""
+    kind: MethodKind
+    description: str
+    prune: Lazy | None = None
+    statistics: Lazy | None = None
+    settings: tuple[str, ...] = ()
 
     @property
     def uses_activations(self) -> bool:
-        return self.score == "wanda"
+        return self.statistics is not None
+
+    @property
+    def structured(self) -> bool:
+        return self.kind == "structured"
+
+    @property
+    def dense(self) -> bool:
+        return self.kind == "dense"
 
 
 @dataclass(frozen=True)
 class AllocSpec:
-    """A layer-wise sparsity allocation."""
+    """A layer-wise sparsity allocation: ``allocate(AllocationInputs) -> one sparsity per block``."""
 
     name: str
-    needs_activations: bool
-    description: str = ""
+    description: str
+    allocate: Lazy
+    needs_activations: bool = False
+    settings: tuple[str, ...] = ()
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 ALLOCATORS: Registry[AllocSpec] = Registry("alloc")
 
-METHODS.add("none", MethodSpec("none", "", "", description="dense baseline: nothing is pruned"))
-METHODS.add("magnitude", MethodSpec("magnitude", "magnitude", "matrix", description="|W|, one threshold per matrix"))
-METHODS.add("wanda", MethodSpec("wanda", "wanda", "row", description="|W|*||X_j||_2, per output row"))
+_SCORES = "lm_eval_prune.engine.scoring"
+_ALLOC = "lm_eval_prune.engine.allocators"
 
+METHODS.add("none", MethodSpec("none", "dense", "dense baseline: nothing is pruned"))
 METHODS.add(
-    "shortgpt", MethodSpec("shortgpt", "", "", structured=True, description="remove whole decoder blocks (ShortGPT)")
+    "magnitude", MethodSpec("magnitude", "unstructured", "|W|, one threshold per matrix", Lazy(f"{_SCORES}:magnitude"))
+)
+METHODS.add(
+    "wanda",
+    MethodSpec(
+        "wanda",
+        "unstructured",
+        "|W|*||X_j||_2, per output row",
+        Lazy(f"{_SCORES}:wanda"),
+        Lazy("lm_eval_prune.engine.stats:column_stats"),
+    ),
+)
+METHODS.add(
+    "sparsegpt",
+    MethodSpec(
+        "sparsegpt",
+        "unstructured",
+        "OBS masks and weight reconstruction from H = 2XX^T (SparseGPT)",
+        Lazy(f"{_SCORES}:sparsegpt"),
+        Lazy("lm_eval_prune.engine.sparsegpt:hessians"),
+        settings=("percdamp", "blocksize"),
+    ),
+)
+METHODS.add(
+    "shortgpt",
+    MethodSpec(
+        "shortgpt",
+        "structured",
+        "remove whole decoder blocks of lowest Block Influence (ShortGPT)",
+        settings=("drop_layers", "shortgpt_mode"),
+    ),
 )
 
-ALLOCATORS.add("uniform", AllocSpec("uniform", False, "every linear at the target sparsity"))
-ALLOCATORS.add("owl", AllocSpec("owl", True, "outlier-weighed layer-wise sparsity (OWL)"))
-ALLOCATORS.add("layerif", AllocSpec("layerif", False, "layer quality from influence scores (LayerIF)"))
+ALLOCATORS.add("uniform", AllocSpec("uniform", "every linear at the target sparsity", Lazy(f"{_ALLOC}:uniform")))
+ALLOCATORS.add(
+    "owl",
+    AllocSpec(
+        "owl",
+        "outlier-weighed layer-wise sparsity (OWL)",
+        Lazy(f"{_ALLOC}:owl"),
+        needs_activations=True,
+        settings=("owl_m", "owl_lambda"),
+    ),
+)
+ALLOCATORS.add(
+    "layerif",
+    AllocSpec(
+        "layerif",
+        "layer quality from influence scores (LayerIF)",
+        Lazy(f"{_ALLOC}:layerif"),
+        settings=(
+            "layerif_eps",
+            "layerif_scores",
+            "layerif_train",
+            "layerif_val",
+            "layerif_hessian",
+            "layerif_modules",
+            "layerif_nsamples",
+            "layerif_val_nsamples",
+            "layerif_seqlen",
+        ),
+    ),
+)
+
+ALLOCATORS.add(
+    "alphapruning",
+    AllocSpec(
+        "alphapruning",
+        "heavy-tail exponent of each block's weight spectra, data-free (AlphaPruning)",
+        Lazy(f"{_ALLOC}:alphapruning"),
+        settings=("alpha_eps",),
+    ),
+)
+
+
+def owner_of(setting: str) -> str | None:
+    """``"method=shortgpt"`` / ``"alloc=owl"`` for a setting that belongs to one entry, else None."""
+    for name in METHODS:
+        if setting in METHODS.get(name).settings:
+            return f"method={name}"
+    for name in ALLOCATORS:
+        if setting in ALLOCATORS.get(name).settings:
+            return f"alloc={name}"
+    return None

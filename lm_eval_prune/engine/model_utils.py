@@ -31,7 +31,9 @@ def decoder(model: nn.Module) -> nn.Module:
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks, in order."""
-    return decoder(model).layers
+    layers = decoder(model).layers
+    assert isinstance(layers, nn.ModuleList)  # decoder() checked it
+    return layers
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:

@@ -1,17 +1,31 @@
-"""`PruneReport`: what a prune did, serialised to ``prune_report.json``."""
+"""`PruneReport`: what a prune did, serialised to ``prune_report.json``.
+
+Torch-free on purpose: ``publish/`` and the leaderboard read reports on machines that never load a model.
+Facts that code reads back are typed fields; ``extra`` holds free-form notes that nothing depends on.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
-import resource
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
+from lm_eval_prune.errors import PruneConfigError
 
 REPORT_NAME = "prune_report.json"
+
+# typed fields that older reports (0.1.0) kept in ``extra``
+_MIGRATED_FROM_EXTRA = (
+    "base_model",
+    "revision",
+    "removed_blocks",
+    "block_influence",
+    "removed_param_share",
+    "layer_scores",
+    "owl_outlier_percents",
+)
 
 
 @dataclass
@@ -25,14 +39,31 @@ class LayerRecord:
 
 
 @dataclass
+class RemovedBlock:
+    """A decoder block that ShortGPT removed, with its Block Influence (None in ``tail`` mode)."""
+
+    index: int
+    block_influence: float | None
+
+
+@dataclass
 class PruneReport:
+    """Settings, identity and measured outcome of one prune."""
+
     config: dict[str, Any]
-    fingerprint: str
+    fingerprint: str  # the one identity: cache key, report and card fingerprint
+    base_model: str = ""
+    revision: str | None = None
     layers: list[LayerRecord] = field(default_factory=list)
     block_sparsity: list[float] = field(default_factory=list)
     block_achieved_sparsity: list[float] = field(default_factory=list)
     overall_sparsity: float = 0.0
     removed_params: int = 0
+    removed_blocks: list[RemovedBlock] = field(default_factory=list)
+    removed_param_share: float = 0.0
+    block_influence: list[float | None] = field(default_factory=list)
+    layer_scores: list[float] | None = None
+    owl_outlier_percents: list[float] | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
     passes: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -45,9 +76,7 @@ class PruneReport:
         """Fill the measured sparsities from zero counts of each linear's weight."""
         for layer in self.layers:
             layer.sparsity = zeros_by_name[layer.name] / layer.numel
-        total = (
-            sum(layer.numel for layer in self.layers) + self.removed_params
-        )  # removed blocks count as pruned weights
+        total = sum(layer.numel for layer in self.layers) + self.removed_params  # removed blocks count as pruned
         zeros = sum(zeros_by_name[layer.name] for layer in self.layers) + self.removed_params
         self.overall_sparsity = zeros / total if total else 0.0
         by_block: dict[int, list[LayerRecord]] = {}
@@ -58,19 +87,51 @@ class PruneReport:
             for _, records in sorted(by_block.items())
         ]
 
+    @property
+    def removed_indices(self) -> list[int]:
+        return [block.index for block in self.removed_blocks]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / REPORT_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
 
     @classmethod
+    def from_dict(cls, data: Any, where: str = "report") -> PruneReport:
+        """A report from its JSON form (also 0.1.0 reports); one-line error when it is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise PruneConfigError(f"{where} is not a prune report (a JSON object with a 'config' object)")
+        data = dict(data)
+        extra = dict(data.get("extra") or {}) if isinstance(data.get("extra") or {}, dict) else {}
+        for name in _MIGRATED_FROM_EXTRA:
+            if name in extra and name not in data:
+                data[name] = extra.pop(name)
+        data["extra"] = extra
+        known = {f.name for f in fields(cls)}
+        try:
+            data = {k: v for k, v in data.items() if k in known}
+            data["layers"] = [LayerRecord(**layer) for layer in data.get("layers") or []]
+            data["removed_blocks"] = [RemovedBlock(**block) for block in data.get("removed_blocks") or []]
+            data.setdefault("fingerprint", "")
+            return cls(**data)
+        except TypeError as exc:
+            raise PruneConfigError(f"{where} has a malformed field ({exc})") from None
+
+    @classmethod
     def load(cls, directory: str | Path) -> PruneReport:
-        data = json.loads((Path(directory) / REPORT_NAME).read_text())
-        data["layers"] = [LayerRecord(**layer) for layer in data.get("layers", [])]
-        return cls(**data)
+        path = Path(directory) / REPORT_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PruneConfigError(
+                f"{str(directory)!r} has no {REPORT_NAME}; is it a checkpoint made by lm-eval-prune?"
+            ) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PruneConfigError(f"{str(path)!r} is not readable JSON ({type(exc).__name__})") from None
+        return cls.from_dict(data, repr(str(path)))
 
 
 def block_index(linear_name: str) -> int:
@@ -89,10 +150,3 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """Peak GPU memory allocated on CUDA, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"

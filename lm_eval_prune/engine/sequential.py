@@ -113,25 +113,37 @@ def propagate(
     device: torch.device,
     offload: bool,
     desc: str,
+    changes_weights: bool = True,
 ) -> None:
     """For each block in order: ``visit(i, block, inputs)``, then feed the block's outputs to the next block.
 
-    ``visit`` may return the block's outputs when it computed them and left the weights unchanged; otherwise the
-    block is run again after the visit, so later blocks see the effect of what the visit did (pruning error
-    propagates). With ``inputs=None`` nothing is run, blocks are only visited. With ``offload`` each block is moved to ``device`` only while it is processed.
+    ``inputs`` is consumed: pass it without keeping a reference, so only one block's inputs and outputs are alive
+    (2x the activations, not 3x). ``visit`` may return the block's outputs when it computed them and left the weights
+    unchanged; otherwise the block is run again after the visit, so later blocks see the effect of what the visit did
+    (pruning error propagates). With ``inputs=None`` nothing is run, blocks are only visited. With ``offload`` each
+    block is moved to ``device`` only while it is processed; a pass that ``changes_weights=False`` puts back the
+    block's original tensors instead of copying them back.
     """
     blocks = decoder_blocks(model)
     for index in tqdm(range(len(blocks)), desc=desc, unit="block", leave=False):
         block = blocks[index]
         home = next(block.parameters()).device
+        originals = None
         if offload:
-            block.to(device)
+            if not changes_weights:
+                originals = [(tensor, tensor.data) for tensor in [*block.parameters(), *block.buffers()]]
+            block.to(device, non_blocking=True)
         if inputs is not None:  # blocks of a model dispatched over several GPUs take their inputs where they live
             inputs = inputs.to(device if offload else home)
         try:
             outputs = visit(index, block, inputs)
             if inputs is not None and index + 1 < len(blocks):
                 inputs = BlockInputs(outputs if outputs is not None else run_block(block, inputs), inputs.kwargs)
+            else:
+                inputs = None
         finally:
-            if offload:
+            if originals is not None:
+                for tensor, data in originals:
+                    tensor.data = data
+            elif offload:
                 block.to(home)

@@ -1,110 +1,155 @@
-"""Budget-forced ``generate_until`` for lm-eval models: request parsing plus the HF and vLLM step drivers."""
+"""Budget-forced ``generate_until`` for lm-eval models: s1's request batching, and HF and vLLM step drivers.
+
+Both drivers answer a :class:`Step` as vLLM does: output ids keep a final stop/eos token (left out of the text), stop
+strings cut the text before them while the ids keep what was generated, ``min_tokens`` masks eos and stop ids, and a
+generation reaching ``max_length`` ends with ``"length"``. The HF driver emulates this on ``model.generate``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from lm_eval_prune.generation.protocol import BudgetSpec, Step, StepResult, drive, plain_policy, policy
+from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.generation.protocol import (
+    Encoded,
+    Policy,
+    Sampling,
+    Step,
+    StepOutput,
+    drive,
+    parse_gen_kwargs,
+    plain_policy,
+    s1_policy,
+    thinking_budget,
+    wants_thinking,
+)
+
+RunSteps = Callable[[list[Step]], list[StepOutput]]
+INITIAL_OFFSET = 5  # tokens of context a slow tokenizer's incremental decode starts from, as in vLLM
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Greedy unless ``temperature`` > 0; ``seed`` makes sampling reproducible (each request gets seed + its index)."""
+class TextStream:
+    """vLLM's incremental detokenization of one generation: text per new token, relative to the prompt ids.
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
+    Fast tokenizers use ``tokenizers``' ``DecodeStream`` prefilled with the prompt (as vLLM does) and vLLM's rule for
+    consecutive added tokens; others decode a short window. Each step decodes a few tokens, never the whole text.
+    """
 
-    @classmethod
-    def pop_from(cls, gen_kwargs: dict[str, Any], index: int) -> Sampling:
-        do_sample = gen_kwargs.pop("do_sample", None)
-        temperature = 0.0 if do_sample is False else float(gen_kwargs.pop("temperature", 0.0) or 0.0)
-        gen_kwargs.pop("temperature", None)
-        seed = gen_kwargs.pop("seed", None)
-        return cls(temperature, float(gen_kwargs.pop("top_p", 1.0) or 1.0), None if seed is None else int(seed) + index)
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], skip_special: bool = False, spaces: bool = False):
+        self.tokenizer, self.skip_special = tokenizer, skip_special
+        self.backend = getattr(tokenizer, "_tokenizer", None)
+        self.added: dict[int, str] = {}
+        self.last_special = False
+        if self.backend is not None:
+            from tokenizers.decoders import DecodeStream
+
+            self.stream = DecodeStream(ids=list(prompt_ids), skip_special_tokens=skip_special)
+            if not (skip_special or spaces):
+                self.added = {tid: tok.content for tid, tok in self.backend.get_added_tokens_decoder().items()}
+        else:
+            self.ids = list(prompt_ids)
+            self.prefix_offset = max(len(self.ids) - INITIAL_OFFSET, 0)
+            self.read_offset = len(self.ids)
+
+    def step(self, token_id: int) -> str:
+        if self.backend is None:
+            return self._slow_step(token_id)
+        try:
+            piece = self.stream.step(self.backend, token_id)
+        except Exception:  # tokenizers' non-monotonic UTF-8 edge case: vLLM restarts the stream the same way
+            from tokenizers.decoders import DecodeStream
+
+            self.stream = DecodeStream(skip_special_tokens=self.skip_special)
+            piece = self.stream.step(self.backend, token_id)
+        if self.added:
+            special = self.added.get(token_id)
+            if special is not None and self.last_special:
+                piece = special
+            self.last_special = special is not None
+        return piece or ""
+
+    def _slow_step(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=self.skip_special)
+        after = decode(self.ids[self.prefix_offset :], skip_special_tokens=self.skip_special)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def text_of(self, token_ids: Sequence[int]) -> str:
+        return "".join(self.step(t) for t in token_ids)
 
 
-@dataclass
-class ForcedRequest:
-    """A request our driver runs: budget-forced (``spec``), or plain but seeded (``spec`` None)."""
-
-    index: int
-    prompt_ids: list[int]
-    spec: BudgetSpec | None
-    sampling: Sampling
-    max_gen_toks: int
-    until: list[str]
+def engine_text(tokenizer: Any, params: Sampling) -> Callable[[list[int], list[int]], str]:
+    """(context ids, new ids) -> the text vLLM would show for the new ids."""
+    return lambda context, ids: TextStream(
+        tokenizer, context, params.skip_special_tokens, params.spaces_between_special_tokens
+    ).text_of(ids)
 
 
-# run_steps(steps, their samplings) -> results; every driver strips a final stop/eos id and says whether one ended the step
-RunSteps = Callable[[list[Step], list[Sampling]], list[StepResult]]
-
-
-def split_requests(
-    requests: Sequence[Any], encode: Callable[[str], list[int]], default_max_gen_toks: int
-) -> tuple[list[ForcedRequest], list[int]]:
-    """(budget-forced requests, indices of plain ones) from lm-eval ``generate_until`` instances."""
-    forced, plain = [], []
-    for index, request in enumerate(requests):
-        context, gen_kwargs = request.args
-        kwargs = dict(gen_kwargs or {})
-        spec = BudgetSpec.pop_from(kwargs)
-        if spec is None and "seed" not in kwargs:
-            plain.append(index)
+def find_stop(text: str, new_chars: int, stops: Sequence[str]) -> int | None:
+    """vLLM's stop-string check after one token: the start of the earliest-ending stop that ends in the new chars."""
+    if not new_chars or not stops:
+        return None
+    best_index, best_end = None, None
+    for stop in stops:
+        index = text.find(stop, 1 - new_chars - len(stop))
+        if index == -1:
             continue
-        until = kwargs.pop("until", None) or []
-        until = [until] if isinstance(until, str) else list(until)
-        sampling = Sampling.pop_from(kwargs, index)
-        forced.append(
-            ForcedRequest(
-                index, encode(context), spec, sampling, int(kwargs.pop("max_gen_toks", default_max_gen_toks)), until
-            )
+        end = index + len(stop)
+        if best_end is None or end < best_end:
+            best_index, best_end = index, end
+    return best_index
+
+
+class EngineRow:
+    """vLLM's bookkeeping for one generation, fed one token at a time (used by the HF driver)."""
+
+    def __init__(self, tokenizer: Any, step: Step, max_length: int, eos_ids: Sequence[int]) -> None:
+        p = step.params
+        self.limit = min(p.max_tokens, max_length - len(step.prefix))
+        self.stops = set(p.stop_token_ids) | set(eos_ids)
+        self.stop_strings, self.min_tokens = list(p.stop), p.min_tokens
+        self.stream = TextStream(tokenizer, step.prefix, p.skip_special_tokens, p.spaces_between_special_tokens)
+        self.ids: list[int] = []
+        self.text = ""
+        self.finish: str | None = None
+
+    def push(self, token: int) -> bool:
+        """Add a generated token; True once the generation is finished."""
+        self.ids.append(token)
+        if token in self.stops:
+            self.finish = "stop"  # the stop/eos token stays in the ids, not in the text
+            return True
+        piece = self.stream.step(token)
+        self.text += piece
+        if self.stop_strings and len(self.ids) > self.min_tokens:
+            index = find_stop(self.text, len(piece), self.stop_strings)
+            if index is not None:
+                self.text, self.finish = self.text[:index], "stop"
+                return True
+        if len(self.ids) >= self.limit:
+            self.finish = "length"
+            return True
+        return False
+
+    def output(self) -> StepOutput:
+        return StepOutput(self.ids, self.text, self.finish or "length")
+
+
+def check_room(step: Step, max_length: int) -> None:
+    if len(step.prefix) >= max_length:
+        raise PruneConfigError(
+            f"a generation prompt of {len(step.prefix)} tokens reaches max_length={max_length}; "
+            "raise max_length (max_model_len) or lower max_gen_toks / max_tokens_thinking"
         )
-    return forced, plain
-
-
-def generate_until_with_budget_forcing(
-    requests: Sequence[Any],
-    tokenizer: Any,
-    encode: Callable[[str], list[int]],
-    default_max_gen_toks: int,
-    run_steps: RunSteps,
-    plain_generate_until: Callable[[list[Any]], list[str]],
-) -> list[str]:
-    """Responses for every request: budget-forced ones as JSON traces, the others through lm-eval's own path."""
-    forced, plain = split_requests(requests, encode, default_max_gen_toks)
-    responses: list[str] = [""] * len(requests)
-    if plain:
-        for index, text in zip(plain, plain_generate_until([requests[i] for i in plain]), strict=True):
-            responses[index] = text
-    if forced:
-        policies = [
-            policy(r.prompt_ids, r.spec, tokenizer, r.max_gen_toks, r.until)
-            if r.spec
-            else plain_policy(r.prompt_ids, tokenizer, r.max_gen_toks, r.until)
-            for r in forced
-        ]
-        traces = drive(policies, lambda order, steps: run_steps(steps, [forced[i].sampling for i in order]))
-        for request, trace in zip(forced, traces, strict=True):
-            responses[request.index] = trace.to_response() if request.spec else trace.answer
-    return responses
-
-
-def prompt_encoder(tokenizer: Any, add_bos: bool) -> Callable[[str], list[int]]:
-    """The prompt's ids, the same in every adapter: no special tokens, plus BOS when the model wants one."""
-
-    def encode(context: str) -> list[int]:
-        ids = tokenizer.encode(context, add_special_tokens=False)
-        bos = tokenizer.bos_token_id
-        return [bos, *ids] if add_bos and bos is not None and ids[:1] != [bos] else ids
-
-    return encode
 
 
 def eos_ids(tokenizer: Any, generation_config: Any) -> list[int]:
-    """The tokenizer's EOS plus the generation config's (Qwen lists several)."""
+    """The tokenizer's EOS plus the generation config's (Qwen lists several): vLLM stops on all of them."""
     ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     extra = getattr(generation_config, "eos_token_id", None)
     for value in [] if extra is None else ([extra] if isinstance(extra, int) else list(extra)):
@@ -113,119 +158,177 @@ def eos_ids(tokenizer: Any, generation_config: Any) -> list[int]:
     return ids
 
 
-def _finish(new: list[int], stops: Sequence[int], thinking: bool) -> StepResult:
-    """Strip a final stop/eos id (vLLM ends on it) and say whether it ended a thinking step."""
-    stopped = bool(new) and new[-1] in stops
-    return (new[:-1] if stopped else new), stopped and thinking
-
-
-def clamp(step: Step, max_length: int) -> Step:
-    """Never ask for more tokens than the model's context has left (a 32k budget on a 32k model just ends there)."""
-    room = max_length - len(step.prefix)
-    return step if step.max_new <= room else Step(step.prefix, max(room, 0), step.stop_ids, step.stop_strings)
-
-
 # ----------------------------------------------------------------------------------------------- drivers
 def hf_run_steps(model: Any, tokenizer: Any, max_length: int, batch_size: int = 8) -> RunSteps:
-    """Run steps with ``model.generate``: greedy steps that share their stops in left-padded batches, seeded sampled
-    steps one at a time (a seed per request cannot be honoured inside a batch)."""
+    """Steps on ``model.generate``: steps with equal params in left-padded batches, seeded steps one at a time."""
     import torch
     from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
-    class StopOnStrings(StoppingCriteria):
-        """Per row: stop once the decoded new text holds a stop string (any tokenizer; the text is cut later)."""
-
-        def __init__(self, start: int, stops: Sequence[str]) -> None:
-            self.start, self.stops = start, [s for s in stops if s]
-
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            texts = tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=False)
-            return torch.tensor([any(stop in text for stop in self.stops) for text in texts], device=input_ids.device)
 
     device = next(model.parameters()).device
     eos = eos_ids(tokenizer, model.generation_config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
 
-    def run_batch(steps: list[Step], sampling: Sampling) -> list[StepResult]:
-        stops = list(steps[0].stop_ids) + [e for e in eos if e not in steps[0].stop_ids]
+    class Engine(StoppingCriteria):
+        """Feeds each row's new token to its :class:`EngineRow`; a row is done when vLLM would finish it."""
+
+        def __init__(self, rows: list[EngineRow]) -> None:
+            self.rows = rows
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            last = input_ids[:, -1].tolist()
+            done = [row.finish is not None or row.push(token) for row, token in zip(self.rows, last, strict=True)]
+            return torch.tensor(done, device=input_ids.device)
+
+    def run_batch(steps: list[Step]) -> list[StepOutput]:
+        p = steps[0].params
+        rows = [EngineRow(tokenizer, step, max_length, eos) for step in steps]
         width = max(len(step.prefix) for step in steps)
         ids = torch.full((len(steps), width), pad, dtype=torch.long)
         mask = torch.zeros((len(steps), width), dtype=torch.long)
-        for row, step in enumerate(steps):
-            ids[row, width - len(step.prefix) :] = torch.tensor(step.prefix)
-            mask[row, width - len(step.prefix) :] = 1
-        sample = sampling.temperature > 0
+        for r, step in enumerate(steps):
+            ids[r, width - len(step.prefix) :] = torch.tensor(step.prefix)
+            mask[r, width - len(step.prefix) :] = 1
+        sample = p.temperature > 0
         config = GenerationConfig(
-            max_new_tokens=max(step.max_new for step in steps),
+            max_new_tokens=max(row.limit for row in rows),
+            min_new_tokens=p.min_tokens,
             do_sample=sample,
-            temperature=sampling.temperature if sample else None,
-            top_p=sampling.top_p if sample else None,
-            top_k=None,
-            eos_token_id=stops,
+            temperature=p.temperature if sample else 1.0,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            min_p=p.min_p if sample and p.min_p > 0 else None,
+            repetition_penalty=p.repetition_penalty,
+            eos_token_id=sorted(rows[0].stops),
             pad_token_id=pad,
         )
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed + width)
-        criteria = StoppingCriteriaList([StopOnStrings(width, steps[0].stop_strings)] if steps[0].stop_strings else [])
+        if p.seed is not None:
+            torch.manual_seed(p.seed)
         with torch.no_grad():
-            out = model.generate(
-                ids.to(device), attention_mask=mask.to(device), generation_config=config, stopping_criteria=criteria
+            model.generate(
+                ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([Engine(rows)]),
             )
-        results: list[StepResult] = []
-        for row, step in enumerate(steps):
-            new = out[row, width:].tolist()
-            cut = next((k for k, token in enumerate(new) if token in stops), None)
-            if cut is not None and cut < step.max_new:
-                results.append((new[:cut], bool(step.stop_ids)))
-            else:
-                results.append((new[: step.max_new], False))
-        return results
+        return [row.output() for row in rows]
 
-    def run(steps: list[Step], samplings: list[Sampling]) -> list[StepResult]:
-        steps = [clamp(step, max_length) for step in steps]
-        results: list[StepResult] = [([], False)] * len(steps)
+    def run(steps: list[Step]) -> list[StepOutput]:
+        for step in steps:
+            check_room(step, max_length)
+        results: list[StepOutput | None] = [None] * len(steps)
         groups: dict[Any, list[int]] = {}
-        for index, (step, sampling) in enumerate(zip(steps, samplings, strict=True)):
-            if step.max_new > 0:
-                key = (step.stop_ids, step.stop_strings, sampling) if sampling.seed is None else ("alone", index)
-                groups.setdefault(key, []).append(index)
+        for index, step in enumerate(steps):
+            key = step.params if step.params.seed is None else ("alone", index)
+            groups.setdefault(key, []).append(index)
         for members in groups.values():
             members.sort(key=lambda i: len(steps[i].prefix))
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
-                for index, result in zip(chunk, run_batch([steps[i] for i in chunk], samplings[chunk[0]]), strict=True):
-                    results[index] = result
-        return results
+                for index, output in zip(chunk, run_batch([steps[i] for i in chunk]), strict=True):
+                    results[index] = output
+        return [r for r in results if r is not None]
 
     return run
 
 
-def vllm_run_steps(llm: Any, eos: Sequence[int], max_length: int) -> RunSteps:
-    """Run each round's steps as one vLLM batch (token-id prompts, per-step SamplingParams)."""
+def vllm_run_steps(llm: Any, max_length: int) -> RunSteps:
+    """Each round's steps as one vLLM batch (token-id prompts, per-step SamplingParams)."""
     from vllm import SamplingParams, TokensPrompt
 
-    def run(steps: list[Step], samplings: list[Sampling]) -> list[StepResult]:
-        steps = [clamp(s, max_length) for s in steps]
-        results: list[StepResult] = [([], False)] * len(steps)
-        todo = [i for i, s in enumerate(steps) if s.max_new > 0]
-        if not todo:
-            return results
-        stops = {i: list(steps[i].stop_ids) + [e for e in eos if e not in steps[i].stop_ids] for i in todo}
+    def run(steps: list[Step]) -> list[StepOutput]:
+        for step in steps:
+            check_room(step, max_length)
         params = [
             SamplingParams(
-                max_tokens=steps[i].max_new,
-                temperature=samplings[i].temperature,
-                top_p=samplings[i].top_p,
-                seed=samplings[i].seed,
-                stop_token_ids=stops[i],
-                stop=list(steps[i].stop_strings) or None,
-                skip_special_tokens=False,
+                max_tokens=s.params.max_tokens,
+                min_tokens=s.params.min_tokens,
+                temperature=s.params.temperature,
+                top_p=s.params.top_p,
+                top_k=s.params.top_k,
+                min_p=s.params.min_p,
+                repetition_penalty=s.params.repetition_penalty,
+                seed=s.params.seed,
+                stop=list(s.params.stop) or None,
+                stop_token_ids=list(s.params.stop_token_ids) or None,
+                skip_special_tokens=s.params.skip_special_tokens,
+                spaces_between_special_tokens=s.params.spaces_between_special_tokens,
             )
-            for i in todo
+            for s in steps
         ]
-        outputs = llm.generate([TokensPrompt(prompt_token_ids=steps[i].prefix) for i in todo], params, use_tqdm=False)
-        for i, output in zip(todo, outputs, strict=True):
-            results[i] = _finish(list(output.outputs[0].token_ids), stops[i], bool(steps[i].stop_ids))
-        return results
+        prompts = [TokensPrompt(prompt_token_ids=s.prefix) for s in steps]
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        return [
+            StepOutput(list(o.outputs[0].token_ids), o.outputs[0].text, str(o.outputs[0].finish_reason))
+            for o in outputs
+        ]
 
     return run
+
+
+# ----------------------------------------------------------------------------------------------- generate_until
+def is_driven(gen_kwargs: dict[str, Any] | None) -> bool:
+    """Requests we run ourselves: budget-forced ones, and seeded ones (a seed per request)."""
+    kwargs = gen_kwargs or {}
+    return wants_thinking(kwargs) or kwargs.get("seed") is not None
+
+
+def budget_forced_generate_until(
+    requests: Sequence[Any],
+    tokenizer: Any,
+    *,
+    add_bos_token: bool,
+    max_length: int,
+    default_max_gen_toks: int,
+    batch_size: int | str,
+    run_steps: RunSteps,
+    plain_generate_until: Callable[[list[Any]], list[str]],
+    cache_hook: Any = None,
+) -> list[str]:
+    """s1's ``generate_until`` for the requests :func:`is_driven` picks; the others go through lm-eval's own path.
+
+    Batching is s1's (lm-eval's Collator: grouped by gen_kwargs, longest prompt first, ``batch_size`` per chunk, one
+    chunk per group for ``auto``): it matters because ``max_tokens_thinking=auto`` uses the chunk's longest prompt.
+    """
+    from lm_eval.models.utils import Collator
+
+    responses: list[str] = [""] * len(requests)
+    driven = [i for i, r in enumerate(requests) if is_driven(r.args[1])]
+    plain = [i for i in range(len(requests)) if i not in set(driven)]
+    if plain:
+        for index, text in zip(plain, plain_generate_until([requests[i] for i in plain]), strict=True):
+            responses[index] = text
+    if not driven:
+        return responses
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=add_bos_token)["input_ids"])
+
+    eos_text = tokenizer.decode(tokenizer.eos_token_id)
+    items = [((requests[i].args[0], encode(requests[i].args[0]), i), requests[i].args[1]) for i in driven]
+    collator = Collator(items, lambda item: (-len(item[0][1]), item[0][0]), group_by="gen_kwargs")
+    chunk_size = int(batch_size) if str(batch_size) != "auto" and not str(batch_size).startswith("auto") else 0
+    order: list[int] = []
+    policies: list[Policy] = []
+    for chunk in collator.get_batched(n=chunk_size, batch_fn=None):
+        plans = [
+            parse_gen_kwargs(kw or {}, eos_text, default_max_gen_toks, tokenizer, index) for (_, _, index), kw in chunk
+        ]
+        context_len = max_length - plans[0].max_gen_toks
+        prompts = [ids[-context_len:] for (_, ids, _), _ in chunk]
+        longest = max(len(ids) for ids in prompts)
+        for plan, prompt, ((_, _, index), _) in zip(plans, prompts, chunk, strict=True):
+            order.append(index)
+            if plan.thinking is None:
+                policies.append(plain_policy(prompt, plan))
+                continue
+            encoded = Encoded.of(plan, encode)
+            budget = thinking_budget(plan, encoded, longest)
+            detok = engine_text(
+                tokenizer, Sampling.build(1, {k: plan.thinking[k] for k in plan.thinking if "special" in k})
+            )
+            policies.append(s1_policy(prompt, plan, encoded, budget, detok))
+    for index, response in zip(order, drive(policies, run_steps), strict=True):
+        responses[index] = response
+        if cache_hook is not None:
+            cache_hook.add_partial("generate_until", requests[index].args, response)
+    return responses

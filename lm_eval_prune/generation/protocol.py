@@ -1,97 +1,288 @@
-"""s1-style budget forcing (arXiv 2501.19393) as a pure policy over token ids, driven by any greedy generator.
+"""s1 budget forcing (arXiv 2501.19393), equal to the s1 fork of lm-eval's vLLM model, as a pure policy over token ids.
 
-The policy (:func:`policy`): append the thinking-start marker; generate thinking up to the budget, stopping at the
-thinking-end token; each time the model stops early, drop the end marker, append ``Wait`` and continue, at most N
-times; then append the answer marker (plus ``\\nFinal Answer:`` when the budget ran out) and generate the answer.
-Drivers for HF and vLLM only run :class:`Step`s; both therefore follow the same steps on the same ids.
+The reference is ``_model_generate`` + ``generate_until`` of simplescaling/s1's ``vllm_causallms.py``. Per request:
+append ``thinking_start``; generate thinking with ``max_tokens = B`` in every round, stopping on ``until_thinking``
+(plus the task's ``until`` and the eos text); with ``thinking_n_ignore = N`` run up to N+1 rounds, each stopped round
+losing its stop token and gaining ``thinking_n_ignore_str``; cut the accumulated ids to B; then append
+``thinking_end`` (or, when the last round ran out of tokens, an optional newline and
+``thinking_end + "\\nFinal Answer:"``) and generate the answer with ``max_tokens = max_gen_toks`` and the ``until``
+strings. Drivers only run :class:`Step`s with vLLM's semantics, so HF and vLLM follow the same steps on the same ids.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-GEN_KWARGS = (
-    "max_tokens_thinking",
-    "thinking_n_ignore",
-    "thinking_n_ignore_str",
-    "thinking_start",
-    "thinking_end",
-    "thinking_answer",
+from lm_eval_prune.errors import PruneConfigError
+
+AUTO_MARGIN = 100  # ``max_tokens_thinking=auto`` leaves 100 tokens for the answer, as in s1
+FINAL_ANSWER = "\nFinal Answer:"
+MARKER_KEYS = frozenset(
+    {
+        "thinking_start",
+        "thinking_end",
+        "thinking_n_ignore",
+        "thinking_n_ignore_str",
+        "until_thinking",
+        "until_thinking_2",
+    }
 )
-RESPONSE_TAG = "budget_forcing"
-AUTO_MARGIN = 100  # ``max_tokens_thinking=auto`` = max_gen_toks - prompt - 100, as in the s1 evaluation
+# vLLM SamplingParams keys s1 passes on that both drivers honour (any of them may also end in "_thinking")
+SAMPLING_KEYS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "min_tokens",
+        "seed",
+        "repetition_penalty",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+    }
+)
+REQUEST_KEYS = frozenset({"until", "max_gen_toks", "do_sample"})
 
 
 @dataclass(frozen=True)
 class Markers:
-    """Thinking markers: ``start`` opens thinking, ``end`` (one token) is where the model stops it, ``answer`` opens the answer."""
+    """``start`` opens thinking, ``until`` is where the model ends it, ``end`` is appended before the answer."""
 
     start: str
     end: str
-    answer: str
+    until: str
 
 
-QWEN3 = Markers(start="<think>", end="</think>", answer="</think>")
-S1 = Markers(start="<|im_start|>think", end="<|im_start|>", answer="<|im_start|>answer")
+QWEN3 = Markers(start="<think>", end="</think>", until="</think>")
+S1 = Markers(start="<|im_start|>think", end="<|im_start|>answer", until="<|im_start|>")
 
 
-def detect_markers(tokenizer: Any) -> Markers:
-    """Qwen3's ``<think>``/``</think>`` when the vocabulary has them, else s1.1's ``<|im_start|>think``/``answer``."""
+def detect_markers(tokenizer: Any) -> Markers | None:
+    """Qwen3's ``<think>``/``</think>`` when the vocabulary has them, else s1's markers when it has ``<|im_start|>``."""
     vocab = tokenizer.get_vocab()
     if "<think>" in vocab and "</think>" in vocab:
         return QWEN3
     if "<|im_start|>" in vocab:
         return S1
-    raise ValueError(
-        "cannot detect thinking markers from the tokenizer; pass thinking_start, thinking_end and thinking_answer in --gen_kwargs"
-    )
+    return None
+
+
+def wants_thinking(gen_kwargs: dict[str, Any]) -> bool:
+    """s1's switch: any gen_kwargs key containing ``thinking`` asks for budget forcing."""
+    return any("thinking" in key for key in gen_kwargs)
+
+
+def check_thinking_markers(tokenizer: Any, gen_kwargs: dict[str, Any]) -> None:
+    """Refuse (before weights load) budget forcing whose markers are neither given nor detectable from the tokenizer."""
+    if not wants_thinking(gen_kwargs) or detect_markers(tokenizer) is not None:
+        return
+    missing = [key for key in ("thinking_start", "thinking_end", "until_thinking") if key not in gen_kwargs]
+    if missing:
+        raise PruneConfigError(
+            "budget forcing needs thinking markers and none can be detected from this tokenizer:"
+            f" pass {', '.join(missing)} in --gen_kwargs"
+            " (e.g. thinking_start=<think>,thinking_end=</think>,until_thinking=</think>)"
+        )
 
 
 @dataclass(frozen=True)
-class BudgetSpec:
-    """The budget-forcing generation keys of one request."""
+class Sampling:
+    """vLLM ``SamplingParams`` of one generation (the defaults are vLLM's; ``top_k`` 0 means off)."""
 
-    max_tokens_thinking: int | str
-    thinking_n_ignore: int = 0
-    ignore_str: str = "Wait"
-    markers: Markers | None = None
+    max_tokens: int
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    skip_special_tokens: bool = False
+    spaces_between_special_tokens: bool = False
 
     @classmethod
-    def pop_from(cls, gen_kwargs: dict[str, Any]) -> BudgetSpec | None:
-        """Take our keys out of ``gen_kwargs`` (mutated); None when budget forcing is not asked for."""
-        if "max_tokens_thinking" not in gen_kwargs and "thinking_n_ignore" not in gen_kwargs:
-            for key in GEN_KWARGS:
-                gen_kwargs.pop(key, None)
-            return None
-        budget = gen_kwargs.pop("max_tokens_thinking", "auto")
-        if str(budget) != "auto":
-            budget = int(budget)
-            if budget < 1:
-                raise ValueError(f"max_tokens_thinking={budget} must be >= 1 or 'auto'")
-        n_ignore = int(gen_kwargs.pop("thinking_n_ignore", 0) or 0)
+    def build(cls, max_tokens: int, keys: dict[str, Any], **extra: Any) -> Sampling:
+        """From validated gen_kwargs values (strings from the command line are converted here)."""
+        converters: dict[str, Callable[[Any], Any]] = {
+            "temperature": float,
+            "top_p": float,
+            "top_k": lambda v: max(int(v), 0),
+            "min_p": float,
+            "min_tokens": int,
+            "seed": lambda v: None if v is None else int(v),
+            "repetition_penalty": float,
+            "skip_special_tokens": _as_bool,
+            "spaces_between_special_tokens": _as_bool,
+        }
+        values = {key: converters[key](value) for key, value in keys.items()}
+        if values.get("min_tokens", 0) > int(max_tokens):
+            raise PruneConfigError(f"gen_kwargs min_tokens={values['min_tokens']} must be <= max_tokens={max_tokens}")
+        return cls(max_tokens=int(max_tokens), **values, **extra)
+
+
+def _as_bool(value: Any) -> bool:
+    return value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generation a policy asks for: continue ``prefix`` under ``params`` (vLLM semantics)."""
+
+    prefix: list[int]
+    params: Sampling
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """vLLM's ``CompletionOutput``: ids keep a final stop/eos token and stop-string tokens; text has neither."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" or "length"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one lm-eval request asks for, parsed as s1's ``generate_until`` and ``_model_generate`` parse it."""
+
+    until: list[str]
+    max_gen_toks: int
+    answer: dict[str, Any]  # sampling keys of the answer phase
+    thinking: (
+        dict[str, Any] | None
+    )  # sampling keys of the thinking rounds (max_tokens: int or "auto"); None: no thinking
+    markers: Markers | None = None
+    n_ignore: int | None = None
+    ignore_str: str | None = None
+    until_thinking: list[str] = field(default_factory=list)
+
+
+def parse_gen_kwargs(
+    gen_kwargs: dict[str, Any], eos_text: str, default_max_gen_toks: int, tokenizer: Any, seed_offset: int = 0
+) -> Plan:
+    """s1's reading of one request's gen_kwargs; unknown or unsupported keys raise a one-line PruneConfigError."""
+    kwargs = dict(gen_kwargs)
+    until = kwargs.pop("until", None)
+    if isinstance(until, str):
+        until = [until]
+    elif until is not None and not isinstance(until, list | tuple):
+        raise PruneConfigError(f"gen_kwargs until={until!r} must be a string or a list of strings")
+    until = [*until, eos_text] if until else [eos_text]
+    max_gen_toks = int(kwargs.pop("max_gen_toks", default_max_gen_toks))
+    do_sample = kwargs.pop("do_sample", None)
+    if _as_bool(do_sample) is False and do_sample is not None and "temperature" not in kwargs:
+        kwargs["temperature"] = 0.0
+    for key in kwargs:
+        base = key.replace("_thinking", "") if "thinking" in key and key not in MARKER_KEYS else key
+        if key in MARKER_KEYS or base in SAMPLING_KEYS or (base == "max_tokens" and key != base):
+            continue
+        if key == "rejection_sample":
+            raise PruneConfigError("gen_kwargs rejection_sample is not supported; drop it (s1's budget forcing only)")
+        allowed = sorted(REQUEST_KEYS | MARKER_KEYS | SAMPLING_KEYS | {"max_tokens_thinking"})
+        raise PruneConfigError(
+            f"unknown gen_kwargs key {key!r}: allowed are {', '.join(allowed)} (sampling keys may end in _thinking)"
+        )
+    for key in ("seed", "seed_thinking"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = int(kwargs[key]) + seed_offset
+    if not wants_thinking(kwargs):
+        return Plan(until, max_gen_toks, kwargs, None)
+    detected = detect_markers(tokenizer)
+    start = kwargs.pop("thinking_start", detected.start if detected else None)
+    end = kwargs.pop("thinking_end", detected.end if detected else None)
+    until_thinking_1 = kwargs.pop("until_thinking", detected.until if detected else None)
+    if start is None or end is None or until_thinking_1 is None:
+        check_thinking_markers(tokenizer, {**gen_kwargs, "max_tokens_thinking": 1})
+    n_ignore = kwargs.pop("thinking_n_ignore", None)
+    if n_ignore is not None:
+        n_ignore = int(n_ignore)
         if n_ignore < 0:
-            raise ValueError(f"thinking_n_ignore={n_ignore} must be >= 0")
-        ignore_str = str(gen_kwargs.pop("thinking_n_ignore_str", "Wait") or "Wait")
-        parts = [gen_kwargs.pop(k, None) for k in ("thinking_start", "thinking_end", "thinking_answer")]
-        markers = None
-        if any(p is not None for p in parts):
-            if not all(p is not None for p in parts):
-                raise ValueError("pass all of thinking_start, thinking_end and thinking_answer, or none")
-            markers = Markers(*(str(p) for p in parts))
-        return cls(budget, n_ignore, ignore_str, markers)
+            raise PruneConfigError(f"gen_kwargs thinking_n_ignore={n_ignore} must be >= 0")
+    ignore_str = kwargs.pop("thinking_n_ignore_str", None)
+    until_thinking = [str(until_thinking_1)]
+    if "until_thinking_2" in kwargs:
+        until_thinking.append(str(kwargs.pop("until_thinking_2")))
+    until_thinking.extend(until)
+    thinking_only = {key.replace("_thinking", ""): kwargs.pop(key) for key in list(kwargs) if "thinking" in key}
+    thinking = {**kwargs, **thinking_only}
+    budget = thinking.get("max_tokens", max_gen_toks)
+    if str(budget) != "auto":
+        budget = int(budget)
+        if budget < 1:
+            raise PruneConfigError(f"gen_kwargs max_tokens_thinking={budget} must be >= 1 or auto")
+    thinking["max_tokens"] = budget if str(budget) != "auto" else "auto"
+    markers = Markers(str(start), str(end), str(until_thinking_1))
+    return Plan(until, max_gen_toks, kwargs, thinking, markers, n_ignore, ignore_str, until_thinking)
 
-    def budget_for(self, prompt_tokens: int, max_gen_toks: int) -> int:
-        if self.max_tokens_thinking == "auto":
-            return max(1, max_gen_toks - prompt_tokens - AUTO_MARGIN)
-        return int(self.max_tokens_thinking)
+
+@dataclass(frozen=True)
+class Encoded:
+    """The ids s1 feeds the model for a plan's strings (``tok_encode``: add_special_tokens = add_bos_token)."""
+
+    start: list[int]
+    end: list[int]
+    end_max: list[int]
+    newline: list[int]
+    ignore: list[int] | None
+    until_thinking: list[list[int]]
+
+    @classmethod
+    def of(cls, plan: Plan, encode: Callable[[str], list[int]]) -> Encoded:
+        assert plan.markers is not None
+        m = plan.markers
+        return cls(
+            encode(m.start),
+            encode(m.end),
+            encode(m.end + FINAL_ANSWER),
+            encode("\n"),
+            None if plan.ignore_str is None else encode(plan.ignore_str),
+            [encode(text) for text in plan.until_thinking],
+        )
 
 
-@dataclass
-class Trace:
-    """What one budget-forced generation did (logged per sample)."""
+def thinking_budget(plan: Plan, encoded: Encoded, longest_prompt: int) -> int:
+    """B: the given ``max_tokens_thinking``, or ``auto`` = max_gen_toks - the batch's longest prompt - markers - 100."""
+    assert plan.thinking is not None
+    budget = plan.thinking["max_tokens"]
+    if budget != "auto":
+        return int(budget)
+    value = plan.max_gen_toks - longest_prompt - len(encoded.start) - len(encoded.end_max) - AUTO_MARGIN
+    if value < 1:
+        raise PruneConfigError(
+            f"max_tokens_thinking=auto gives {value} tokens (max_gen_toks={plan.max_gen_toks}, longest prompt"
+            f" {longest_prompt}); raise max_gen_toks or pass a number"
+        )
+    return value
+
+
+def thinking_sampling(plan: Plan, encoded: Encoded, budget: int) -> Sampling:
+    """The thinking rounds' params: token-id stops with min_tokens when N or min_tokens is given, else stop strings."""
+    assert plan.thinking is not None
+    keys = {k: v for k, v in plan.thinking.items() if k != "max_tokens"}
+    if "min_tokens" in keys or plan.n_ignore is not None:
+        if plan.n_ignore is not None:
+            keys["min_tokens"] = 1
+        bad = [text for text, ids in zip(plan.until_thinking, encoded.until_thinking, strict=True) if len(ids) != 1]
+        if bad:
+            raise PruneConfigError(
+                f"thinking stop strings {bad!r} must be one token each with thinking_n_ignore or min_tokens_thinking"
+                " (s1 stops on token ids there); change until/until_thinking"
+            )
+        stop_ids = tuple(ids[0] for ids in encoded.until_thinking)
+        return Sampling.build(budget, keys, stop_token_ids=stop_ids)
+    return Sampling.build(budget, keys, stop=tuple(plan.until_thinking))
+
+
+class ThinkingResponse(str):
+    """s1's response string (``thinking_start + thinking + marker + answer``) carrying what the generation did.
+
+    A ``str`` so every lm-eval filter and metric reads it; the attributes survive lm-eval's ``take_first`` filter,
+    sample logging (as the plain string) and the request cache (pickle). Graders fall back to the markers in the text.
+    """
 
     thinking: str
     answer: str
@@ -99,120 +290,122 @@ class Trace:
     forced_waits: int
     budget: int
     budget_exhausted: bool
-    thinking_ids: list[int]
-    answer_ids: list[int]
 
-    def to_response(self) -> str:
-        """The string lm-eval stores as the response: JSON, so graders can split thinking from answer."""
-        data = asdict(self)
-        del data["thinking_ids"], data["answer_ids"]
-        return json.dumps({RESPONSE_TAG: 1, **data})
+    def __new__(cls, text: str, **trace: Any) -> ThinkingResponse:
+        obj = super().__new__(cls, text)
+        obj.__dict__.update(trace)
+        return obj
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_response, (str(self), dict(self.__dict__)))
 
-def parse_response(response: str) -> dict[str, Any] | None:
-    """The budget-forcing record inside a response, or None for a plain response."""
-    if not response.startswith("{") or RESPONSE_TAG not in response[:40]:
-        return None
-    try:
-        data = json.loads(response)
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) and data.get(RESPONSE_TAG) == 1 else None
+    def record(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One generation the policy asks for: continue ``prefix`` greedily by at most ``max_new`` tokens.
-
-    ``stop_ids`` (thinking) end the generation on those tokens, which are not returned; ``stop_strings`` (answer)
-    end it once the decoded text holds one (the text is cut there afterwards, so a driver may overshoot).
-    """
-
-    prefix: list[int]
-    max_new: int
-    stop_ids: tuple[int, ...] = ()
-    stop_strings: tuple[str, ...] = ()
+def _rebuild_response(text: str, trace: dict[str, Any]) -> ThinkingResponse:
+    return ThinkingResponse(text, **trace)
 
 
-# a driver answers a Step with (new ids without a final stop id, whether a stop id ended it)
-StepResult = tuple[list[int], bool]
-Policy = Generator[Step, StepResult, Trace]
+Policy = Generator[Step, StepOutput, str]
+Detok = Callable[[list[int], list[int]], str]  # (context ids, new ids) -> the engine's text of the new ids
 
 
-def single_token(tokenizer: Any, text: str) -> int:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(
-            f"thinking end marker {text!r} is {len(ids)} tokens for this tokenizer; it must be exactly one"
-        )
-    return ids[0]
+def _strip_stops(cont: list[int], until_ids: Sequence[list[int]]) -> list[int]:
+    """s1: drop a trailing until_thinking token sequence (each checked in turn against the current tail)."""
+    for toks in until_ids:
+        if cont[-len(toks) :] == toks:
+            cont = cont[: -len(toks)]
+    return cont
 
 
-def cut_at_stops(text: str, until: Sequence[str]) -> str:
-    """The text before the first occurrence of any stop string."""
-    cut = len(text)
-    for stop in until:
-        if stop and stop in text:
-            cut = min(cut, text.index(stop))
-    return text[:cut]
-
-
-def policy(prompt_ids: list[int], spec: BudgetSpec, tokenizer: Any, max_gen_toks: int, until: Sequence[str]) -> Policy:
-    """The s1 protocol for one prompt, as a generator of :class:`Step` (drivers may interleave many prompts)."""
-    markers = spec.markers or detect_markers(tokenizer)
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    stop_ids = [single_token(tokenizer, markers.end)]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop_ids:
-        stop_ids.append(tokenizer.eos_token_id)
-    budget = spec.budget_for(len(prompt_ids), max_gen_toks)
-    prefix = list(prompt_ids) + encode(markers.start)
+def s1_policy(prompt_ids: list[int], plan: Plan, encoded: Encoded, budget: int, detok: Detok) -> Policy:
+    """One request under s1's protocol (drivers may interleave many); returns the :class:`ThinkingResponse`."""
+    assert plan.thinking is not None and plan.markers is not None
+    params = thinking_sampling(plan, encoded, budget)
+    prefix = list(prompt_ids) + encoded.start
+    segments: list[tuple[list[int], str]] = []  # (ids, text) in order, as s1 accumulates them
+    ignored_at: list[int] = []  # positions in the thinking ids where an end of thinking was ignored
     thinking: list[int] = []
-    generated = forced = 0
-    while True:
-        new, stopped = yield Step(prefix + thinking, budget - generated, tuple(stop_ids))
-        new = new[: budget - generated]
-        thinking += new
-        generated += len(new)
-        if not stopped or generated >= budget or forced >= spec.thinking_n_ignore:
+    text = ""
+    rounds = 1 if plan.n_ignore is None else plan.n_ignore + 1
+    finish = "stop"
+    for i in range(rounds):
+        out = yield Step(prefix + thinking, params)
+        cont = list(out.token_ids)
+        if out.finish_reason == "length" or i == rounds - 1:
+            thinking += cont
+            text += out.text
+            segments.append((cont, out.text))
+            finish = out.finish_reason
             break
-        thinking += encode(spec.ignore_str)
-        forced += 1
-    exhausted = generated >= budget
-    answer_prefix = prefix + thinking + encode(markers.answer + ("\nFinal Answer:" if exhausted else ""))
-    answer_ids, _ = yield Step(answer_prefix, max_gen_toks, (), tuple(until))
-    return Trace(
-        thinking=tokenizer.decode(thinking, skip_special_tokens=False),
-        answer=cut_at_stops(tokenizer.decode(answer_ids, skip_special_tokens=False), until),
-        thinking_tokens=generated,
-        forced_waits=forced,
+        cont = _strip_stops(cont, encoded.until_thinking)
+        segments.append((cont, out.text))
+        ignored_at.append(len(thinking) + len(cont))
+        thinking += cont
+        text += out.text
+        if encoded.ignore is not None and plan.ignore_str is not None:
+            segments.append((list(encoded.ignore), plan.ignore_str))
+            thinking += encoded.ignore
+            text += plan.ignore_str
+    shown = text
+    if plan.n_ignore is not None and len(thinking) > budget:
+        thinking = thinking[:budget]
+        shown = _cut_text(segments, budget, list(prompt_ids) + encoded.start, detok)  # s1 keeps the uncut text
+    thinking = _strip_stops(thinking, encoded.until_thinking)
+    exhausted = finish == "length"
+    start, end = plan.markers.start, plan.markers.end
+    if exhausted:
+        newline = not (text.endswith("\n") or start.startswith("\n"))
+        marker = ("\n" if newline else "") + end + FINAL_ANSWER
+        answer_prefix = prefix + thinking + (encoded.newline if newline else []) + encoded.end_max
+    else:
+        marker = end
+        answer_prefix = prefix + thinking + encoded.end
+    answer_params = Sampling.build(plan.max_gen_toks, plan.answer, stop=tuple(plan.until))
+    out = yield Step(answer_prefix, answer_params)
+    head = start + shown + marker
+    return ThinkingResponse(
+        head + out.text,
+        thinking=shown,
+        answer=(FINAL_ANSWER if exhausted else "") + out.text,
+        thinking_tokens=len(thinking),
+        forced_waits=sum(1 for p in ignored_at if p < len(thinking)),
         budget=budget,
         budget_exhausted=exhausted,
-        thinking_ids=thinking,
-        answer_ids=answer_ids,
     )
 
 
-def plain_policy(prompt_ids: list[int], tokenizer: Any, max_gen_toks: int, until: Sequence[str]) -> Policy:
-    """No thinking: one answer step (used for sampled requests without budget forcing, so ``seed`` works everywhere)."""
-    answer_ids, _ = yield Step(list(prompt_ids), max_gen_toks, (), tuple(until))
-    text = cut_at_stops(tokenizer.decode(answer_ids, skip_special_tokens=False), until)
-    return Trace("", text, 0, 0, 0, False, [], answer_ids)
+def _cut_text(segments: list[tuple[list[int], str]], budget: int, context: list[int], detok: Detok) -> str:
+    """The text of the first ``budget`` accumulated ids: whole segments' texts, then the engine text of the rest."""
+    text, kept = "", 0
+    for ids, piece in segments:
+        if kept + len(ids) <= budget:
+            text += piece
+            kept += len(ids)
+            context = context + ids
+            continue
+        return text + detok(context, ids[: budget - kept])
+    return text
 
 
-def drive(policies: list[Policy], run_steps: Callable[[list[int], list[Step]], list[StepResult]]) -> list[Trace]:
-    """Advance all policies in lock-step; each round, ``run_steps(indices, steps)`` runs the pending steps as one batch."""
-    traces: list[Trace | None] = [None] * len(policies)
+def plain_policy(prompt_ids: list[int], plan: Plan) -> Policy:
+    """No thinking: stock lm-eval vLLM's one generation (used for seeded requests, so each gets its own seed)."""
+    out = yield Step(list(prompt_ids), Sampling.build(plan.max_gen_toks, plan.answer, stop=tuple(plan.until)))
+    return out.text
+
+
+def drive(policies: list[Policy], run_steps: Callable[[list[Step]], list[StepOutput]]) -> list[str]:
+    """Advance all policies in lock-step; each round, ``run_steps`` runs the pending steps as one batch."""
+    results: list[str | None] = [None] * len(policies)
     pending = {i: next(p) for i, p in enumerate(policies)}
     while pending:
         order = sorted(pending)
-        results = run_steps(order, [pending[i] for i in order])
-        for i, result in zip(order, results, strict=True):
+        outputs = run_steps([pending[i] for i in order])
+        for i, output in zip(order, outputs, strict=True):
             try:
-                pending[i] = policies[i].send(result)
+                pending[i] = policies[i].send(output)
             except StopIteration as done:
-                traces[i] = done.value
+                results[i] = done.value
                 del pending[i]
-    return [t for t in traces if t is not None]
+    return [r for r in results if r is not None]

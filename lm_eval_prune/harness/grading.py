@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lm_eval_prune.generation.protocol import parse_response
+from lm_eval_prune.generation.protocol import ThinkingResponse
 
-ANSWER_MARKERS = ("</think>", "<|im_start|>answer")
+log = logging.getLogger(__name__)
+ANSWER_MARKERS = ("</think>", "<|im_start|>answer")  # Qwen3's and s1's appended thinking_end
+_WARNED: set[str] = set()
 _ANSWER_LINE = re.compile(r"(?:final\s+)?answer\s*(?:is)?\s*[:：]\s*(.+)", re.IGNORECASE)
 _LETTER_PATTERNS = (
     re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*\(?([A-D])\)?\s*\}?\s*\}"),
@@ -18,12 +21,13 @@ _LETTER_PATTERNS = (
 
 
 def split_response(response: str) -> tuple[str, str, dict[str, Any]]:
-    """(thinking, answer, budget-forcing record or {}) of one model response."""
-    record = parse_response(response)
-    if record is not None:
-        # when the budget ran out the prompt ended in "Final Answer:", so the answer text continues that line
-        answer = ("Final Answer:" + record["answer"]) if record.get("budget_exhausted") else record["answer"]
-        return record["thinking"], answer, record
+    """(thinking, answer, budget-forcing record or {}) of one model response.
+
+    A budget-forced response carries its trace (the answer starts with ``\nFinal Answer:`` when the budget ran out);
+    a plain string (a cache from elsewhere, another harness) is split at the last thinking-end marker.
+    """
+    if isinstance(response, ThinkingResponse):
+        return response.thinking, response.answer, response.record()
     for marker in ANSWER_MARKERS:
         if marker in response:
             thinking, _, answer = response.rpartition(marker)
@@ -70,7 +74,12 @@ def math_equal(prediction: str | None, gold: str) -> bool:
 
     try:
         return bool(verify(parse(f"${gold}$"), parse(f"${prediction}$")))
-    except Exception:  # math-verify raises on unparsable input or its own timeout
+    except Exception as exc:  # math-verify raises on unparsable input or its own timeout
+        case = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if case not in _WARNED:
+            _WARNED.add(case)
+            log.warning("math-verify failed (%s); comparing the answer strings instead", case)
+        log.debug("math-verify failed on %r vs gold %r: %s", prediction, gold, case)
         return prediction.strip() == gold.strip()
 
 
@@ -89,7 +98,7 @@ def float_equal(prediction: str | None, gold: str | int | float) -> bool:
 
 
 def extract_letter(answer_text: str) -> str | None:
-    """GPQA: the option letter from ``\\boxed{C}``, ``Answer: C`` or ``(C)`` (last match of the first pattern that matches)."""
+    """GPQA: the option letter from ``\\boxed{C}``, ``Answer: C`` or ``(C)`` (last match of the first that matches)."""
     for pattern in _LETTER_PATTERNS:
         matches = pattern.findall(answer_text)
         if matches:
@@ -115,7 +124,8 @@ def _number(text: str | None) -> float | None:
 def score(
     responses: Sequence[str], is_correct: Callable[[str], bool], extract: Callable[[str], str | None]
 ) -> dict[str, float]:
-    """Per-doc metrics over its k responses: exact_match (mean), pass_at_k, maj_at_k, mean thinking tokens and Waits."""
+    """Per-doc metrics over its k responses: exact_match (mean), pass_at_k, maj_at_k, and means of thinking tokens,
+    forced Waits and budget exhaustion (0 for plain responses)."""
     parts = [split_response(r) for r in responses]
     answers = [p[1] for p in parts]
     correct = [is_correct(a) for a in answers]
@@ -127,11 +137,12 @@ def score(
         "maj_at_k": float(majority is not None and correct[majority]),
         "thinking_tokens": sum(float(p[2].get("thinking_tokens", 0)) for p in parts) / len(parts),
         "forced_waits": sum(float(p[2].get("forced_waits", 0)) for p in parts) / len(parts),
+        "budget_exhausted": sum(float(p[2].get("budget_exhausted", False)) for p in parts) / len(parts),
     }
 
 
 def _majority_index(predictions: Sequence[str | None]) -> int | None:
-    """Index of a response carrying the most frequent extracted answer (first seen wins ties); None if none extracted."""
+    """Index of a response with the most frequent extracted answer (first seen wins ties); None if none extracted."""
     counts: dict[str, tuple[int, int]] = {}
     for index, prediction in enumerate(predictions):
         if prediction is None:

@@ -7,12 +7,14 @@ from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_prune.store.pipeline import prune_loaded_model_, split_model_args, summary
+from lm_eval_prune.harness.common import PruneResultMixin
+from lm_eval_prune.store.identity import BaseModel
+from lm_eval_prune.store.pipeline import PipelineResult, check_before_load, prune_in_place, split_model_args
 
 HFLM_KEYS = frozenset(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
 
 
-class PrunedHFLM(HFLM):
+class PrunedHFLM(PruneResultMixin, HFLM):
     """HFLM plus the engine's model args (``method``, ``alloc``, ``sparsity``, ... , ``prune_cache``).
 
     Keys HFLM also has (``device``) stay HFLM's: pruning runs where HFLM put the model.
@@ -23,12 +25,11 @@ class PrunedHFLM(HFLM):
         if isinstance(pretrained, str) and not self._prune_request.dense:
             from lm_eval_prune.store.checkpoint import load_config_and_tokenizer
 
-            load_config_and_tokenizer(
-                pretrained, rest.get("revision")
-            )  # unsupported architecture: refused before weights load
-        self.prune_report = None
+            model_config, _ = load_config_and_tokenizer(pretrained, rest.get("revision"))
+            check_before_load(self._prune_request.config, model_config)  # every known error before weights load
+        self.prune_result: PipelineResult | None = None
         super().__init__(pretrained=pretrained, **rest)
-        if self.prune_report is None:  # a model object was passed: no _create_model call
+        if self.prune_result is None:  # a model object was passed: no _create_model call
             self._prune_in_place(getattr(self._model.config, "_name_or_path", "model"), None)
 
     def _create_model(self, pretrained: str, revision: str | None = "main", **kwargs: Any) -> None:
@@ -36,25 +37,28 @@ class PrunedHFLM(HFLM):
         self._prune_in_place(pretrained, revision)
 
     def _prune_in_place(self, pretrained: str, revision: str | None) -> None:
-        self.prune_report, self.prune_cache_status, self.prune_cache_key = prune_loaded_model_(
-            self._model, self.tokenizer, pretrained, revision, self._prune_request
-        )
+        dtype = str(next(self._model.parameters()).dtype).replace("torch.", "")
+        base = BaseModel(pretrained, revision, dtype)
+        self.prune_result = prune_in_place(self._model, self.tokenizer, base, self._prune_request)
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """lm-eval's generation, plus s1 budget forcing for requests whose gen_kwargs ask for it."""
-        from lm_eval_prune.generation.drivers import generate_until_with_budget_forcing, hf_run_steps, prompt_encoder
+        """lm-eval's generation, plus s1 budget forcing (and per-request seeds) for requests whose gen_kwargs ask."""
+        from lm_eval_prune.generation.drivers import budget_forced_generate_until, hf_run_steps
 
-        batch = self.batch_size if isinstance(self.batch_size, int) else 8  # "auto" sizes lm-eval's own batches only
-        return generate_until_with_budget_forcing(
+        rows = self.batch_size if isinstance(self.batch_size, int) else 8  # rows per model.generate call
+        return budget_forced_generate_until(
             requests,
             self.tokenizer,
-            prompt_encoder(self.tokenizer, bool(self.add_bos_token)),
-            self.max_gen_toks,
-            hf_run_steps(self.model, self.tokenizer, self.max_length, batch),
-            lambda plain: super(PrunedHFLM, self).generate_until(plain, disable_tqdm),
+            add_bos_token=bool(self.add_bos_token),
+            max_length=self.max_length,
+            default_max_gen_toks=self.max_gen_toks,
+            batch_size=self.batch_size,
+            run_steps=hf_run_steps(self.model, self.tokenizer, self.max_length, rows),
+            plain_generate_until=lambda plain: super(PrunedHFLM, self).generate_until(plain, disable_tqdm),
+            cache_hook=self.cache_hook,
         )
 
     def get_model_info(self) -> dict[str, Any]:
         info = super().get_model_info()
-        info.update(summary(self.prune_report, self.prune_cache_status, self.prune_cache_key))
+        info.update(self.prune_info())
         return info

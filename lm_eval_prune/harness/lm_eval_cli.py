@@ -40,8 +40,10 @@ def run_lm_eval(args: Sequence[str]) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     from lm_eval_prune.harness.plugin import register
+    from lm_eval_prune.harness.precheck import install
 
     register()
+    install()  # pruned-* runs: bad args and task data errors as one line, exit 2, before the model loads
     include_our_tasks()
     saved = sys.argv
     sys.argv = ["lm_eval", *args]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import random
 from pathlib import Path
 from typing import Any
+
+from lm_eval_prune.errors import PruneConfigError
 
 DATA_DIR_ENV = "LM_EVAL_PRUNE_DATA_DIR"
 LETTERS = "ABCD"
@@ -34,8 +37,11 @@ MATH_FIELDS = ("problem", "answer")
 GPQA_FIELDS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 
 
-class TaskDataError(ValueError):
-    """A missing or malformed benchmark file; the message names the file and the field."""
+class TaskDataError(PruneConfigError):
+    """A missing or malformed benchmark file; the one-line message names the file and what is wrong.
+
+    A PruneConfigError (so a ValueError): in lm-eval processes it is printed as one line before the model loads.
+    """
 
 
 def data_dir(metadata: dict[str, Any]) -> Path | None:
@@ -45,13 +51,20 @@ def data_dir(metadata: dict[str, Any]) -> Path | None:
 
 
 def load_rows(name: str, metadata: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of benchmark ``name`` with our field names (math: problem, answer, id; GPQA: shuffled choices and target letter)."""
+    """Rows of benchmark ``name`` with our field names (math: problem, answer, id; GPQA: shuffled choices, letter)."""
     file_name, hub_path, hub_config, split = SOURCES[name]
     folder = data_dir(metadata)
     if folder is not None:
+        if not folder.is_dir():
+            given = "--metadata data_dir" if metadata.get("data_dir") else f"${DATA_DIR_ENV}"
+            raise TaskDataError(
+                f"data folder {str(folder)!r} ({given}) does not exist; give a folder holding {file_name}"
+            )
         raw, where = _read_local(folder / file_name), str(folder / file_name)
     else:
         raw, where = _read_hub(name, hub_path, hub_config, split), f"{hub_path} ({split})"
+    if not raw:
+        raise TaskDataError(f"data {where!r} holds no records")
     wanted = GPQA_FIELDS if name == "gpqa_diamond" else MATH_FIELDS
     rows = [_normalise(record, wanted, where, number) for number, record in enumerate(raw, 1)]
     if name == "gpqa_diamond":
@@ -61,13 +74,27 @@ def load_rows(name: str, metadata: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _read_local(path: Path) -> list[dict[str, Any]]:
+    """Records of a local .csv (header row) or .jsonl file; one-line TaskDataError for any unreadable content."""
     if not path.is_file():
         raise TaskDataError(f"data file {str(path)!r} is missing")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TaskDataError(f"data file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise TaskDataError(f"data file {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not text.strip():
+        raise TaskDataError(f"data file {str(path)!r} is empty")
     if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
+        try:
+            records = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise TaskDataError(f"data file {str(path)!r} is not a valid CSV file ({exc})") from None
+        if not records:
+            raise TaskDataError(f"data file {str(path)!r} has a header row but no records")
+        return records
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -91,7 +118,8 @@ def _read_hub(name: str, path: str, config: str | None, split: str) -> list[dict
         )
         raise TaskDataError(
             f"cannot load {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}){gated}; "
-            f"or give a local copy with --metadata '{{\"data_dir\": DIR}}' or ${DATA_DIR_ENV} holding {SOURCES[name][0]}"
+            f"or give a local copy with --metadata '{{\"data_dir\": DIR}}' or ${DATA_DIR_ENV} "
+            f"holding {SOURCES[name][0]}"
         ) from None
 
 
@@ -102,11 +130,12 @@ def _normalise(record: dict[str, Any], wanted: tuple[str, ...], where: str, numb
         value = next((lowered[n] for n in FIELDS[field] if n in lowered and lowered[n] not in (None, "")), None)
         if value is None and field != "id":
             raise TaskDataError(
-                f"data {where!r} record {number} has no {field!r} field (looked for {', '.join(FIELDS[field])}, any case)"
+                f"data {where!r} record {number} has no {field!r} field "
+                f"(looked for {', '.join(FIELDS[field])}, any case)"
             )
-        row[field] = str(value).strip() if field not in ("answer",) else value
-    if row.get("id") is None:
-        row["id"] = str(number)
+        if field == "id" and value is None:
+            value = number  # records without an id are numbered from 1
+        row[field] = str(value).strip() if field != "answer" else value
     if "answer" in row:
         row["answer"] = _answer_text(row["answer"])
     return row

@@ -7,11 +7,14 @@ import html
 import io
 import json
 import statistics
+import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lm_eval_prune.publish.results import Run, Score, Variant, find_results, read_run
+from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.publish.results import ACCURACY_METRICS, Run, Score, Variant, read_runs
 
 FORMATS = ("markdown", "csv", "html", "json")
 
@@ -54,16 +57,20 @@ def check_comparable(scores: list[Score]) -> None:
                     for k in sorted(set(first.settings) | set(other.settings))
                     if first.settings.get(k) != other.settings.get(k)
                 )
-                raise ValueError(
-                    f"task {task}: runs differ in generation setting {key!r}: {first.settings.get(key)!r} ({first.path}) vs "
-                    f"{other.settings.get(key)!r} ({other.path}); compare only runs made with the same settings"
+                raise PruneConfigError(
+                    f"task {task}: runs differ in generation setting {key!r}: {first.settings.get(key)!r} "
+                    f"({first.path}) vs {other.settings.get(key)!r} ({other.path}); "
+                    "compare only runs made with the same settings"
                 )
 
 
 def build_table(runs: list[Run], metric: str = "exact_match") -> Table:
     scores = [s for run in runs for s in run.scores if s.metric == metric]
     if not scores:
-        raise ValueError(f"no {metric!r} scores in the results given")
+        present = sorted({s.metric for run in runs for s in run.scores})
+        raise PruneConfigError(
+            f"no {metric!r} scores in the results given; metrics there: {', '.join(present) or 'none'}"
+        )
     check_comparable(scores)
     values: dict[tuple[Variant, str, str], list[float]] = defaultdict(list)
     for score in scores:
@@ -95,22 +102,23 @@ def build_table(runs: list[Run], metric: str = "exact_match") -> Table:
         )
         if dense is not None and not variant.dense:
             cell.delta = cell.mean - dense.mean
+    higher = {s.task: s.higher_is_better for s in scores}  # lm-eval's higher_is_better (thinking_tokens: lower)
     for task in tasks:
         column = [c for (_, _, t), c in cells.items() if t == task]
-        top = max(c.mean for c in column)
+        top = (max if higher[task] else min)(c.mean for c in column)
         for c in column:
             c.best = c.mean == top
     return Table(metric, tasks, rows, cells)
 
 
-def _cell_text(cell: Cell | None, bold: tuple[str, str] = ("**", "**")) -> str:
+def _cell_text(cell: Cell | None, bold: tuple[str, str] = ("**", "**"), digits: int = 3) -> str:
     if cell is None:
         return "–"
-    text = f"{cell.mean:.3f} ± {cell.std:.3f} (n={cell.n})"
+    text = f"{cell.mean:.{digits}f} ± {cell.std:.{digits}f} (n={cell.n})"
     if cell.best:
         text = f"{bold[0]}{text}{bold[1]}"
     if cell.delta is not None:
-        text += f" {cell.delta:+.3f}"
+        text += f" {cell.delta:+.{digits}f}"
     return text
 
 
@@ -145,8 +153,7 @@ def records(table: Table) -> list[dict[str, object]]:
 
 def render(table: Table, fmt: str) -> str:
     """The table as markdown (best in bold, change against dense after the value), csv, html or json."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r} is not allowed; use {', '.join(FORMATS)}")
+    check_format(fmt)
     if fmt == "json":
         return json.dumps(records(table), indent=1)
     if fmt == "csv":
@@ -157,13 +164,14 @@ def render(table: Table, fmt: str) -> str:
         writer.writerows(rows)
         return buffer.getvalue()
     header = ["base model", "variant", "thinking budget", *table.tasks]
+    digits = 3 if table.metric in ACCURACY_METRICS else 1
     body = [
         [
             v.base_model,
             v.label,
             b,
             *(
-                _cell_text(table.cells.get((v, b, t)), ("<b>", "</b>") if fmt == "html" else ("**", "**"))
+                _cell_text(table.cells.get((v, b, t)), ("<b>", "</b>") if fmt == "html" else ("**", "**"), digits)
                 for t in table.tasks
             ),
         ]
@@ -173,9 +181,8 @@ def render(table: Table, fmt: str) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return (
-            f"{table.metric}: mean ± std over seeds (n runs); best per column in bold; +/- is the change against the dense row\n\n"
-            + "\n".join(lines)
-            + "\n"
+            f"{table.metric}: mean ± std over seeds (n runs); best per column in bold; "
+            "+/- is the change against the dense row\n\n" + "\n".join(lines) + "\n"
         )
     cells = lambda row, tag: "".join(f"<{tag}>{c if '<b>' in c else html.escape(c)}</{tag}>" for c in row)  # noqa: E731
     return (
@@ -187,44 +194,48 @@ def render(table: Table, fmt: str) -> str:
     )
 
 
-def plot(table: Table, path: str | Path) -> None:
-    """Accuracy against thinking budget, one line per variant, one panel per task."""
-    import matplotlib
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise PruneConfigError(f"format {fmt!r} is not allowed; use {', '.join(FORMATS)}")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(table.tasks), figsize=(4.5 * len(table.tasks), 3.6), squeeze=False)
-    variants = sorted({v for v, _ in table.rows}, key=lambda v: (v.base_model, not v.dense, v.label))
-    for ax, task in zip(axes[0], table.tasks, strict=True):
-        for variant in variants:
-            points = sorted(
-                ((b, c) for (v, b, t), c in table.cells.items() if v == variant and t == task),
-                key=lambda p: _budget_key(p[0]),
-            )
-            numeric = [(float(b), c) for b, c in points if _budget_key(b)[0] == 0]
-            if not numeric:
-                continue
-            xs, cs = zip(*numeric, strict=True)
-            ax.errorbar(xs, [c.mean for c in cs], yerr=[c.std for c in cs], marker="o", capsize=3, label=variant.label)
-        ax.set_title(task)
-        ax.set_xlabel("thinking budget (tokens)")
-        ax.set_ylabel(table.metric)
-        if len({b for _, b in table.rows}) > 2:
-            ax.set_xscale("log", base=2)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def leaderboard(
-    paths: list[str | Path], fmt: str = "markdown", metric: str = "exact_match", plot_path: str | Path | None = None
+    paths: list[str | Path],
+    fmt: str = "markdown",
+    metric: str = "exact_match",
+    plot_path: str | Path | None = None,
+    on_skip: Callable[[str], None] = _to_stderr,
 ) -> str:
-    """Read results files under ``paths`` and render the table (and the plot when asked)."""
-    table = build_table([read_run(p) for p in find_results(paths)], metric)
+    """Read results files under ``paths`` and render the table (and the plot when asked).
+
+    Files that are not lm-eval results, and scores that are not finite, are left out with one line each to
+    ``on_skip`` (stderr by default). A missing matplotlib fails before any file is read.
+    """
+    check_format(fmt)
     if plot_path:
-        plot(table, plot_path)
+        from lm_eval_prune.publish.plots import require_matplotlib
+
+        require_matplotlib()
+    skipped: list[str] = []
+
+    def skip(line: str) -> None:
+        skipped.append(line)
+        on_skip(line)
+
+    runs = read_runs(paths, skip)
+    if not runs:
+        told = f"; {len(skipped)} skipped, see the lines above" if skipped else ""
+        raise PruneConfigError(
+            f"no lm-eval results files under {', '.join(map(str, paths))}{told}"
+            " (lm_eval writes them with --output_path)"
+        )
+    table = build_table(runs, metric)
+    if plot_path:
+        from lm_eval_prune.publish.plots import plot_leaderboard
+
+        plot_leaderboard(table, plot_path)
     return render(table, fmt)

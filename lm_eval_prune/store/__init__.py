@@ -1,1 +1,1 @@
-"""Storage: checkpoints written atomically, the verified prune cache, and the pipeline identity -> cache -> prune -> write."""
+"""Storage: atomic checkpoints, the verified prune cache, and the pipeline identity -> cache -> prune -> write."""

@@ -6,20 +6,27 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lm_eval_prune.engine.config import HUB_CALIBRATION_SETS, PruneConfig
-from lm_eval_prune.store.checkpoint import atomic_directory
+from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.store.checkpoint import atomic_directory, clean_stale
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "cache_manifest.json"
 WAIT_ENV = "LM_EVAL_PRUNE_WAIT_SECONDS"
 DISABLED = ("none", "off", "false", "0", "")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# verify_entry's memo: entry path -> the (name, size, mtime_ns, ctime_ns, inode) of every file when it last passed
+_VERIFIED: dict[str, tuple[tuple[str, int, int, int, int], ...]] = {}
+# files changed this recently are not memoised: a write within the filesystem's timestamp granularity could keep them
+RACY_NS = 2_000_000_000
 
 
 def default_cache_root() -> Path:
@@ -30,57 +37,12 @@ def default_cache_root() -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read now (verification must see what is on disk, not a memo)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 23), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def source_identity(source: str) -> str | None:
-    """What a data source holds: the Hub set's fixed name, or the local file's sha256; None when unset."""
-    if not source:
-        return None
-    if source in HUB_CALIBRATION_SETS:
-        return source
-    return "sha256:" + file_sha256(Path(source))
-
-
-def data_identity(config: PruneConfig) -> dict[str, str | None]:
-    """Content identities of every data source the settings use (calibration, LayerIF train/val/scores)."""
-    out = {
-        "calibration": source_identity(config.calibration)
-        if config.needs_calibration or config.alloc == "layerif"
-        else None
-    }
-    for name in ("layerif_train", "layerif_val", "layerif_scores"):
-        out[name] = source_identity(getattr(config, name))
-    return out
-
-
-def model_identity(pretrained: str, revision: str | None, model_config: Any) -> dict[str, Any]:
-    """The base model: Hub id and resolved commit, or a local directory's path and the hashes of its small files."""
-    identity: dict[str, Any] = {
-        "pretrained": pretrained,
-        "revision": revision,
-        "commit": getattr(model_config, "_commit_hash", None),
-    }
-    path = Path(pretrained)
-    if path.is_dir():
-        identity["pretrained"] = str(path.resolve())
-        identity["files"] = {
-            f.name: (f.stat().st_size, file_sha256(f) if f.stat().st_size < (1 << 26) else int(f.stat().st_mtime))
-            for f in sorted(path.iterdir())
-            if f.is_file()
-        }
-    return identity
-
-
-def cache_key(config: PruneConfig, identity: dict[str, Any]) -> str:
-    """Fingerprint of (base model and revision, every prune setting, calibration content, package version)."""
-    from lm_eval_prune import __version__
-
-    return config.fingerprint(model=identity, data=data_identity(config), package=__version__)
 
 
 class PruneCache:
@@ -91,8 +53,8 @@ class PruneCache:
 
     @classmethod
     def from_setting(cls, setting: str | None, given: bool = True) -> PruneCache | None:
-        """``prune_cache=`` model arg: not given is the default root; ``none``/``off`` (lm-eval turns ``none`` into None)
-        disables it; anything else is a directory."""
+        """``prune_cache=`` model arg: not given is the default root; ``none``/``off`` (lm-eval turns ``none`` into
+        None) disables it; anything else is a directory."""
         if not given:
             return cls(default_cache_root())
         if setting is None or str(setting).strip().lower() in DISABLED:
@@ -111,25 +73,31 @@ class PruneCache:
     def lookup(self, key: str) -> Path | None:
         """The verified entry, or None; a damaged entry is removed with a warning (so it gets rebuilt)."""
         entry = self.entry(key)
-        if not entry.exists():
+        if not os.path.lexists(entry):
             return None
-        problem = verify_entry(entry)
+        problem = verify_entry(entry, key)
         if problem is None:
             return entry
         log.warning("prune cache entry %s is damaged (%s); rebuilding it", entry, problem)
-        shutil.rmtree(entry, ignore_errors=True)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
         return None
 
     def store(self, key: str, write: Callable[[Path], None]) -> Path:
-        """Run ``write(tmp_dir)``, add the manifest, then move it into place in one rename."""
+        """Run ``write(tmp_dir)``, add the manifest of every file it wrote, then move it into place in one rename."""
         entry = self.entry(key)
         with atomic_directory(entry) as tmp:
             write(tmp)
-            files = {
-                f.name: {"size": f.stat().st_size, "sha256": file_sha256(f)}
-                for f in sorted(tmp.iterdir())
-                if f.is_file()
-            }
+            files = {}
+            for path in sorted(tmp.rglob("*")):
+                if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                    raise RuntimeError(f"prune cache build wrote {path.name}, which is not a plain file")
+                if path.is_file():
+                    files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+            if not files:
+                raise RuntimeError(f"prune cache build for {key} wrote no files")
             (tmp / MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=1))
         return entry
 
@@ -144,6 +112,7 @@ class PruneCache:
         deadline = time.monotonic() + wait_seconds
         while True:
             with self.lock(key):
+                clean_stale(self.root)  # a half swap of a killed builder is finished before the entry is looked up
                 found = self.lookup(key)
                 if found is not None:
                     return found, False
@@ -151,32 +120,117 @@ class PruneCache:
                     return self.store(key, build), True
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"waited {wait_seconds:.0f} s for prune cache entry {self.entry(key)} (built by rank 0); set {WAIT_ENV} to wait longer"
+                    f"waited {wait_seconds:.0f} s for prune cache entry {self.entry(key)} (built by rank 0); "
+                    f"set {WAIT_ENV} to wait longer"
                 )
             time.sleep(1.0)
 
 
+def _env_number(name: str, default: str, kind: type) -> Any:
+    text = os.environ.get(name, "").strip() or default
+    try:
+        return kind(text)
+    except ValueError:
+        raise PruneConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+
+
 def builder_rank() -> tuple[bool, float]:
-    """(may this process build cache entries, how long to wait otherwise): rank 0 of a torchrun/accelerate launch builds."""
-    rank = int(os.environ.get("RANK", "0") or 0)
-    return rank == 0, float(os.environ.get(WAIT_ENV, str(24 * 3600)))
+    """(may this process build cache entries, how long to wait otherwise).
+
+    A process is a non-zero rank only inside a distributed launch: torchrun and accelerate set both ``RANK`` and
+    ``WORLD_SIZE``; a ``RANK`` left in the environment of a single process (WORLD_SIZE unset or 1) must not make it
+    wait a day for a rank 0 that does not exist.
+    """
+    world = _env_number("WORLD_SIZE", "1", int)
+    rank = _env_number("RANK", "0", int) if world > 1 else 0
+    return rank == 0, _env_number(WAIT_ENV, str(24 * 3600), float)
 
 
-def verify_entry(entry: Path) -> str | None:
-    """None when every file in the manifest is present with its size and sha256, else what is wrong."""
+def _manifest_files(manifest: Path, key: str | None) -> dict[str, dict[str, Any]] | str:
+    """The manifest's file table when it has the expected shape, else what is wrong with it."""
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return "unreadable manifest"
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        return "manifest has no file table"
+    if key is not None and data.get("key") != key:
+        return f"manifest is for key {str(data.get('key'))[:16]!r}, not this entry"
+    files = data["files"]
+    if not files:
+        return "manifest lists no files"
+    for name, meta in files.items():
+        parts = name.split("/")
+        if not name or name == MANIFEST or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            return f"manifest lists a bad file name {name[:60]!r}"
+        if not isinstance(meta, dict):
+            return f"manifest entry of {name} is not an object"
+        size, digest = meta.get("size"), meta.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return f"manifest size of {name} is not a byte count"
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            return f"manifest sha256 of {name} is not a sha256"
+    return files
+
+
+def _entry_files(entry: Path) -> dict[str, os.stat_result] | str:
+    """Every file under the entry (relative posix name -> lstat), or what is there that no cache build writes."""
+    found: dict[str, os.stat_result] = {}
+    for current, dirs, files in os.walk(entry):
+        for name in dirs + files:
+            path = Path(current, name)
+            rel = path.relative_to(entry).as_posix()
+            info = path.lstat()
+            if path.is_symlink():
+                return f"{rel} is a symlink"
+            if name in files:
+                if not stat.S_ISREG(info.st_mode):
+                    return f"{rel} is not a plain file"
+                found[rel] = info
+    return found
+
+
+def verify_entry(entry: Path, key: str | None = None, memo: bool = True) -> str | None:
+    """None when the entry holds exactly the files of its manifest, each with its size and sha256, else what is wrong.
+
+    Exactly: a file the manifest does not list (a stray shard) would be loaded too, so it damages the entry; an empty
+    manifest or one of the wrong shape is damage, not a crash. ``key``, when given, must be the manifest's key. With
+    ``memo``, an entry that passed in this process is not hashed again while every file keeps its size, mtime, ctime
+    and inode (issue 14: a 16 GB entry is hashed once per process, not on every hit).
+    """
+    entry = Path(entry)
+    if entry.is_symlink() or not entry.is_dir():
+        return "not a directory"
     manifest = entry / MANIFEST
     if not manifest.is_file():
         return "no manifest"
     try:
-        files = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError):
-        return "unreadable manifest"
+        present = _entry_files(entry)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if isinstance(present, str):
+        return present
+    stamp = tuple(
+        (name, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino) for name, info in sorted(present.items())
+    )
+    memo_key = f"{entry.resolve()}\0{key}"
+    if memo and _VERIFIED.get(memo_key) == stamp:
+        return None
+    files = _manifest_files(manifest, key)
+    if isinstance(files, str):
+        return files
+    strays = sorted(set(present) - set(files) - {MANIFEST})
+    if strays:
+        return f"{strays[0]} is not in the manifest"
     for name, meta in files.items():
-        path = entry / name
-        if not path.is_file():
+        if name not in present:
             return f"{name} is missing"
-        if path.stat().st_size != meta["size"]:
+        if present[name].st_size != meta["size"]:
             return f"{name} has the wrong size"
-        if file_sha256(path) != meta["sha256"]:
+        if file_sha256(entry / name) != meta["sha256"]:
             return f"{name} has the wrong checksum"
+    if memo:
+        fresh = time.time_ns() - RACY_NS
+        if all(max(s[2], s[3]) < fresh for s in stamp):
+            _VERIFIED[memo_key] = stamp
     return None

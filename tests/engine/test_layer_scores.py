@@ -25,7 +25,7 @@ def test_layerif_allocation_by_hand():
     assert sparsities[0] < sparsities[1] < sparsities[2]  # higher score -> pruned more
     assert allocation.layerif([3.0, 1.0, 2.0], 0.4, eps=0.0, block_params=[1, 2, 3]) == pytest.approx([0.4] * 3)
     assert allocation.layerif([5.0, 5.0], 0.4, eps=0.3, block_params=[1, 1]) == pytest.approx([0.4, 0.4])
-    with pytest.raises(PruneConfigError, match=r"LayerIF gives a block sparsity of 1\.0"):
+    with pytest.raises(PruneConfigError, match=r"gives block 1 a sparsity of 1\.04, outside \[0, 1\)"):
         allocation.layerif([0.0, 1.0], 0.8, eps=0.3, block_params=[1, 1])
     with pytest.raises(PruneConfigError, match="must be finite"):
         allocation.layerif([0.0, float("nan")], 0.5, 0.3, [1, 1])
@@ -104,10 +104,10 @@ def test_shortgpt_checkpoint_reloads_and_generates_the_same(arch, tmp_path, toke
         PruneConfig(method="shortgpt", drop_layers=2, nsamples=4, seqlen=16, device="cpu"),
         calibration=random_ids(4, 16),
     )
-    removed = [b["index"] for b in report.extra["removed_blocks"]]
-    influence = report.extra["block_influence"]
+    removed = report.removed_indices
+    influence = report.block_influence
     assert sorted(range(4), key=lambda i: influence[i])[:2] == sorted(removed, key=lambda i: influence[i])
-    assert report.overall_sparsity == pytest.approx(0.5) and report.extra["removed_param_share"] == pytest.approx(0.5)
+    assert report.overall_sparsity == pytest.approx(0.5) and report.removed_param_share == pytest.approx(0.5)
     save_pruned(model, tokenizer, report, tmp_path / "out")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert reloaded.config.num_hidden_layers == 2 and len(reloaded.model.layers) == 2
@@ -128,7 +128,7 @@ def test_shortgpt_tail_drops_the_last_blocks():
     model = make_model(layers=4)
     first = model.model.layers[0].self_attn.q_proj.weight.clone()
     report = prune_(model, PruneConfig(method="shortgpt", drop_layers=1, shortgpt_mode="tail", device="cpu"))
-    assert [b["index"] for b in report.extra["removed_blocks"]] == [3] and report.calibration == {}
+    assert report.removed_indices == [3] and report.calibration == {}
     assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, first)
 
 
@@ -157,10 +157,10 @@ def test_layerif_on_the_trained_model_hits_the_budget(stories_path, tmp_path):
         device="cpu",
     )
     report = prune_(model, config, tokenizer)
-    assert max(report.extra["layer_scores"]) > 0
+    assert max(report.layer_scores) > 0
     assert max(report.block_sparsity) - min(report.block_sparsity) > 0.05  # non-uniform
     assert report.overall_sparsity == pytest.approx(0.5, abs=0.001)
-    assert len(report.extra["layer_scores"]) == 5
+    assert len(report.layer_scores) == 5
 
 
 def test_score_files_and_their_errors(tmp_path):
@@ -186,9 +186,14 @@ def test_score_files_and_their_errors(tmp_path):
     "settings,message",
     [
         ({"method": "shortgpt", "drop_layers": 0}, "drop_layers=0 must be >= 1 for method='shortgpt'"),
-        ({"method": "wanda", "drop_layers": 2}, "drop_layers/shortgpt_mode need method=shortgpt"),
-        ({"alloc": "owl", "layerif_eps": 0.2}, "layerif_eps=0.2 needs alloc=layerif, not alloc='owl'"),
-        ({"alloc": "layerif", "layerif_scores": "/nope.json"}, "layerif_scores file '/nope.json' does not exist"),
+        (
+            {"method": "wanda", "drop_layers": 2},
+            "drop_layers=2 applies to method=shortgpt only; this run has method=wanda, alloc=uniform",
+        ),
+        (
+            {"alloc": "owl", "layerif_eps": 0.2},
+            "layerif_eps=0.2 applies to alloc=layerif only; this run has method=wanda, alloc=owl",
+        ),
         (
             {"method": "shortgpt", "drop_layers": 1, "alloc": "owl"},
             "removes whole blocks; it takes no alloc or pattern",
@@ -271,7 +276,10 @@ def test_pruned_hf_shortgpt_cache_hit(tmp_path):
     from lm_eval.api.registry import get_model
 
     model_dir, calib = write_model(tmp_path / "m"), write_calibration(tmp_path)
-    args = f"pretrained={model_dir},method=shortgpt,drop_layers=1,calibration={calib},nsamples=4,seqlen=16,prune_cache={tmp_path / 'cache'}"
+    args = (
+        f"pretrained={model_dir},method=shortgpt,drop_layers=1,calibration={calib},nsamples=4,seqlen=16,"
+        f"prune_cache={tmp_path / 'cache'}"
+    )
     built = get_model("pruned-hf").create_from_arg_string(args, {"device": "cpu", "batch_size": 1})
     hit = get_model("pruned-hf").create_from_arg_string(args, {"device": "cpu", "batch_size": 1})
     assert (built.prune_cache_status, hit.prune_cache_status) == ("built", "hit")

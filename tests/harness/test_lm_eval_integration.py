@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from lm_eval_fixtures import write_calibration, write_model, write_tasks
 
 from lm_eval_prune import PruneConfigError
-from lm_eval_prune.harness.plugin import PTH_LINE, is_lm_eval_process, register
+from lm_eval_prune.harness.plugin import PTH_LINE, register
 
 BIN = Path(sys.executable).parent
 PRUNE_ARGS = "method=wanda,alloc=owl,sparsity=0.5,nsamples=4,seqlen=32,owl_lambda=0.1"
@@ -59,7 +59,7 @@ def latest_results(folder: Path) -> dict:
     return json.loads(sorted(folder.rglob("results_*.json"))[-1].read_text())
 
 
-@pytest.mark.skipif(not hook_installed(), reason="the startup hook is installed by a wheel install (tox), not by -e")
+@pytest.mark.skipif(not hook_installed(), reason="no startup hook installed")
 def test_plain_lm_eval_console_script_runs_pruned_hf(setup, tmp_path):
     out = tmp_path / "out"
     proc = run(
@@ -90,7 +90,7 @@ def test_plain_lm_eval_console_script_runs_pruned_hf(setup, tmp_path):
     assert len(prune["block_sparsity"]) == len(prune["block_achieved_sparsity"]) == 2
 
 
-@pytest.mark.skipif(not hook_installed(), reason="the startup hook is installed by a wheel install (tox), not by -e")
+@pytest.mark.skipif(not hook_installed(), reason="no startup hook installed")
 def test_plain_hf_model_still_works_with_the_hook(setup, tmp_path):
     proc = run(
         [
@@ -283,7 +283,8 @@ def test_two_processes_one_prunes_the_other_loads(setup, tmp_path):
         "from lm_eval_prune.harness.plugin import register\n"
         "register()\n"
         "from lm_eval.api.registry import get_model\n"
-        f"lm = get_model('pruned-hf').create_from_arg_string({model_args(setup, tmp_path / 'cache')!r}, {{'device': 'cpu', 'batch_size': 1}})\n"
+        f"lm = get_model('pruned-hf').create_from_arg_string({model_args(setup, tmp_path / 'cache')!r}, "
+        "{'device': 'cpu', 'batch_size': 1})\n"
         "w = lm._model.model.layers[1].mlp.down_proj.weight\n"
         "print(json.dumps({'status': lm.prune_cache_status, 'zeros': int((w == 0).sum()), 'sum': float(w.sum())}))\n"
     )
@@ -309,22 +310,16 @@ def test_registration_is_idempotent_and_keeps_lm_eval_models():
     assert get_model("pruned-hf").__name__ == "PrunedHFLM"
 
 
-def test_hook_detects_lm_eval_processes_only():
-    assert is_lm_eval_process(["/venv/bin/lm_eval", "--model", "hf"])
-    assert is_lm_eval_process(["python", "-m", "lm_eval", "run"])
-    assert is_lm_eval_process(["/usr/bin/python3", "-m", "lm_eval.__main__"])
-    assert is_lm_eval_process(["/venv/bin/lm-eval-prune", "eval"])
-    assert not is_lm_eval_process(["python", "-c", "pass"])
-    assert not is_lm_eval_process(["python", "-m", "pytest", "tests/test_lm_eval.py"])
-
-
 def test_hook_line_imports_nothing_outside_lm_eval(tmp_path):
     """The import-time budget: in a plain process the hook adds no import at all; in lm-eval it never imports torch."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "hook.pth").write_text(PTH_LINE)
     # the command line must not mention lm-eval itself, hence the split names
-    code = "import site, sys; site.addsitedir(sys.argv[1]); print(sorted(m for m in sys.modules if m.split('.')[0] in ('lm' '_eval', 'lm' '_eval_prune', 'torch')))"
+    code = (
+        "import site, sys; site.addsitedir(sys.argv[1]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lm' '_eval', 'lm' '_eval_prune', 'torch')))"
+    )
     plain = run([sys.executable, "-c", code, str(site)])
     assert plain.returncode == 0 and plain.stdout.strip() == "[]", plain.stderr
     fake_lm_eval = tmp_path / "lm_eval"  # a script named like the console script
@@ -337,7 +332,7 @@ def test_hook_line_imports_nothing_outside_lm_eval(tmp_path):
     assert "lm_eval_prune.harness.plugin" in modules and "torch" not in modules and registered == "True"
 
 
-@pytest.mark.skipif(not hook_installed(), reason="the startup hook is installed by a wheel install (tox), not by -e")
+@pytest.mark.skipif(not hook_installed(), reason="no startup hook installed")
 def test_torchrun_data_parallel_prunes_once(setup, tmp_path):
     """Two lm-eval processes launched together (torchrun, gloo on CPU): one prunes, the other loads its cache entry."""
     cache = tmp_path / "cache"

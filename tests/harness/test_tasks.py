@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import DATA, REPO
 
-from lm_eval_prune.generation.protocol import Trace
+from lm_eval_prune.generation.protocol import ThinkingResponse
 from lm_eval_prune.harness.grading import extract_letter, math_equal
 from lm_eval_prune.harness.task_data import TaskDataError, load_rows
 
@@ -62,7 +62,15 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def response(thinking: str, answer: str) -> str:
-    return Trace(thinking, answer, 10, 1, 100, False, [], []).to_response()
+    return ThinkingResponse(
+        f"<think>{thinking}</think>{answer}",
+        thinking=thinking,
+        answer=answer,
+        thinking_tokens=10,
+        forced_waits=1,
+        budget=100,
+        budget_exhausted=False,
+    )
 
 
 def test_every_task_loads_offline_from_the_folder(data_dir):
@@ -119,7 +127,8 @@ def test_aime_and_amc_gold_answers_grade_correct(data_dir):
         for i, r in enumerate(aime)
     ]
     assert sum(shifted_aime) == 0
-    # AMC23 has repeated answers (9, 9 and 7, 7, 7 in a row): the next problem's answer is right 3 times in 40, as it should be
+    # AMC23 has repeated answers (9, 9 and 7, 7, 7 in a row): the next problem's answer is right 3 times in 40, as it
+    # should be
     shifted_amc = [
         utils.process_amc23(r, [f"\\boxed{{{amc[(i + 1) % 40]['answer']}}}"])["exact_match"] for i, r in enumerate(amc)
     ]
@@ -238,6 +247,73 @@ def test_group_runs_end_to_end_through_lm_eval(data_dir, tmp_path):
         assert (
             results["results"][task]["thinking_tokens,all"] == 6
         )  # unknown words -> filler: the budget always runs out
+    assert results["results"]["tts_aime24"]["budget_exhausted,all"] == 1
     sample = json.loads(sorted(out.rglob("samples_tts_math500_*.jsonl"))[-1].read_text().splitlines()[0])
-    record = json.loads(sample["resps"][0][0])
-    assert record["budget"] == 6 and record["budget_exhausted"] and "thinking" in record
+    response = sample["resps"][0][0]  # s1's single string: thinking_start + thinking + marker + answer
+    # the task's Wait after 3 ids, cut to 6 ids; the last round stopped, so no "Final Answer:"
+    assert response == "<think> m1 m2 m3Wait m1 m2</think> answer is 42 ."
+
+
+STOCK_TASK = """task: stock_regex
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["."]
+  max_gen_toks: 40
+  do_sample: false
+filter_list:
+  - name: strict-match
+    filter:
+      - function: regex
+        regex_pattern: 'answer is ([0-9]+)'
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_a_stock_regex_task_scores_a_budget_forced_response(tmp_path):
+    """gsm8k-style: a regex filter and take_first read s1's response string; the trace survives the filters."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    from scripted import save_scripted
+
+    from lm_eval_prune.harness.plugin import register
+
+    register()
+    from lm_eval.api.registry import get_model
+
+    data = tmp_path / "stock.jsonl"
+    data.write_text('{"question": "question mid", "answer": "42"}\n{"question": "question short", "answer": "41"}\n')
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "stock_regex.yaml").write_text(STOCK_TASK.format(data=data))
+    lm = get_model("pruned-hf").create_from_arg_string(
+        f"pretrained={save_scripted(tmp_path / 'scripted')},method=none", {"device": "cpu", "batch_size": 2}
+    )
+    results = simple_evaluate(
+        model=lm,
+        tasks=["stock_regex"],
+        task_manager=TaskManager(include_path=str(tasks)),
+        gen_kwargs="max_tokens_thinking=5,thinking_n_ignore=1,thinking_n_ignore_str=Wait",
+        log_samples=True,
+    )
+    assert results["results"]["stock_regex"]["exact_match,strict-match"] == 0.5  # 42 right, 41 wrong
+    samples = sorted(results["samples"]["stock_regex"], key=lambda s: s["doc"]["question"])
+    assert samples[0]["resps"][0][0] == "<think> m1 m2 m3Wait m1</think> answer is 42 "
+    assert samples[0]["filtered_resps"][0] == "42"
+    with pytest.raises(Exception, match="unknown gen_kwargs key 'best_of'"):
+        simple_evaluate(
+            model=lm,
+            tasks=["stock_regex"],
+            task_manager=TaskManager(include_path=str(tasks)),
+            gen_kwargs="max_tokens_thinking=5,best_of=2",
+        )

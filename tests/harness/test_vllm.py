@@ -25,7 +25,8 @@ def pruned_vllm(tmp_path_factory):
     register()
     from lm_eval.api.registry import get_model
 
-    args = f"pretrained={model},method=wanda,sparsity=0.5,calibration={calib},nsamples=4,seqlen=32,prune_cache={root / 'cache'},max_model_len=256"
+    args = f"pretrained={model},method=wanda,sparsity=0.5,calibration={calib},nsamples=4,seqlen=32,"
+    args += f"prune_cache={root / 'cache'},max_model_len=256"
     lm = get_model("pruned-vllm").create_from_arg_string(args, {"batch_size": "auto"})
     return {"lm": lm, "tasks": tasks, "root": root, "model": model}
 
@@ -60,36 +61,63 @@ def test_pruned_vllm_generates_through_simple_evaluate(pruned_vllm):
 
 
 def test_budget_forcing_is_the_same_in_hf_and_vllm(tmp_path):
+    """Every protocol case on the scripted model (prompt-dependent thinking): same strings and traces in both."""
     from scripted import save_scripted
 
-    from lm_eval_prune.generation.protocol import parse_response
     from lm_eval_prune.harness.plugin import register
 
     register()
     from lm_eval.api.registry import get_model
 
     class Request:
-        def __init__(self, gen_kwargs):
-            self.args = ("question", gen_kwargs)
+        def __init__(self, context, gen_kwargs):
+            self.args = (context, gen_kwargs)
 
     model_dir = save_scripted(tmp_path / "scripted")
-    gen = {"until": ["."], "max_gen_toks": 20, "do_sample": False}
-    requests = [
-        Request({**gen, "max_tokens_thinking": 100, "thinking_n_ignore": 2}),
-        Request({**gen, "max_tokens_thinking": 4, "thinking_n_ignore": 2}),
-        Request({**gen, "max_tokens_thinking": 100, "thinking_n_ignore": 0}),
+    contexts = ["question short", "question mid", "x x question long", "mute", "endless", "x lines", "question"]
+    gen = {"until": ["."], "max_gen_toks": 120, "do_sample": False}
+    settings = [
+        {"max_tokens_thinking": 4},
+        {"max_tokens_thinking": 7, "thinking_n_ignore": 0},
+        {"max_tokens_thinking": 7, "thinking_n_ignore": 1},
+        {"max_tokens_thinking": 7, "thinking_n_ignore": 3, "thinking_n_ignore_str": "Wait"},
+        {"max_tokens_thinking": "auto", "thinking_n_ignore": 2, "thinking_n_ignore_str": "Hmm", "max_gen_toks": 118},
+        {"max_tokens_thinking": 9, "thinking_n_ignore": 2, "thinking_n_ignore_str": "Wait", "until": []},
     ]
+    requests = [Request(c, {**gen, **extra}) for extra in settings for c in contexts]
     hf = get_model("pruned-hf").create_from_arg_string(
-        f"pretrained={model_dir},method=none", {"device": "cpu", "batch_size": 1}
+        f"pretrained={model_dir},method=none", {"device": "cpu", "batch_size": "auto"}
     )
     vllm = get_model("pruned-vllm").create_from_arg_string(
         f"pretrained={model_dir},method=none,max_model_len=512", {"batch_size": "auto"}
     )
-    from_hf = [parse_response(r) for r in hf.generate_until(requests)]
-    from_vllm = [parse_response(r) for r in vllm.generate_until(requests)]
+    from_hf, from_vllm = hf.generate_until(requests), vllm.generate_until(requests)
     assert from_hf == from_vllm
-    assert [t["forced_waits"] for t in from_vllm] == [2, 1, 0]
-    assert from_vllm[1]["thinking_tokens"] == 4 and from_vllm[1]["budget_exhausted"]
+    assert [r.record() for r in from_hf] == [r.record() for r in from_vllm]
+    assert from_vllm[1] == "<think> m1 m2 m3 </think> answer is 42 "
+    waits = [r.forced_waits for r in from_vllm[3 * len(contexts) : 4 * len(contexts)]]
+    assert waits == [3, 1, 1, 3, 0, 0, 1]  # short/mute: 2 ids per round; mid (and no mode) and long: cut at 7
+
+
+def test_vllm_driver_equals_the_fake_engine(tmp_path):
+    """Random steps (stop ids, stop strings, min_tokens, max_model_len) answered as the fake vLLM of the tests."""
+    import random
+    import sys
+    from pathlib import Path
+
+    from scripted import make_word_tokenizer, save_scripted
+    from vllm import LLM
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "generation"))
+    from fake_s1 import FakeEngine
+    from test_budget_forcing import fake_steps, random_steps
+
+    from lm_eval_prune.generation.drivers import vllm_run_steps
+
+    tok = make_word_tokenizer()
+    llm = LLM(model=str(save_scripted(tmp_path / "scripted")), max_model_len=16, seed=0, enforce_eager=True)
+    steps = random_steps(random.Random(1), tok, 40)
+    assert vllm_run_steps(llm, 16)(steps) == fake_steps(FakeEngine(tok, max_model_len=16))(steps)
 
 
 def test_shortgpt_checkpoint_loads_and_generates_in_vllm(tmp_path):
@@ -100,7 +128,8 @@ def test_shortgpt_checkpoint_loads_and_generates_in_vllm(tmp_path):
 
     model = write_model(tmp_path / "model", hidden=256, arch="qwen2")
     calib = write_calibration(tmp_path)
-    args = f"pretrained={model},method=shortgpt,drop_layers=1,calibration={calib},nsamples=4,seqlen=16,prune_cache={tmp_path / 'cache'},max_model_len=128"
+    args = f"pretrained={model},method=shortgpt,drop_layers=1,calibration={calib},nsamples=4,seqlen=16,"
+    args += f"prune_cache={tmp_path / 'cache'},max_model_len=128"
     lm = get_model("pruned-vllm").create_from_arg_string(args, {"batch_size": "auto"})
     assert lm.prune_report.extra["removed_blocks"][0]["index"] in (0, 1)
 

@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from lm_eval_prune.cli import main
+from lm_eval_prune.engine.report import PruneReport
+from lm_eval_prune.errors import PruneConfigError
 from lm_eval_prune.publish.leaderboard import build_table, leaderboard, render
 from lm_eval_prune.publish.results import read_run
 
@@ -120,11 +122,13 @@ def test_real_lm_eval_results_and_the_plot(tmp_path):
 def test_bad_paths_and_files(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         leaderboard([tmp_path / "missing"])
-    with pytest.raises(ValueError, match="no lm-eval results files"):
-        leaderboard([tmp_path])
+    with pytest.raises(PruneConfigError, match=r"no lm-eval results files under .*test_bad_paths_and_files0 "):
+        leaderboard([tmp_path])  # an empty folder
     (tmp_path / "results_bad.json").write_text("{}")
-    with pytest.raises(ValueError, match="is not an lm-eval results file"):
-        leaderboard([tmp_path])
+    skipped: list[str] = []
+    with pytest.raises(PruneConfigError, match="1 skipped, see the lines above"):
+        leaderboard([tmp_path], on_skip=skipped.append)
+    assert skipped == [f"skipped {tmp_path / 'results_bad.json'}: no 'results' object: not lm-eval results"]
 
 
 def test_shortgpt_rows_are_labelled(hand_made):
@@ -133,3 +137,149 @@ def test_shortgpt_rows_are_labelled(hand_made):
     shortgpt["config"]["prune"]["config"].update(method="shortgpt", drop_layers=2, sparsity=0.0)
     (hand_made / "results_sg.json").write_text(json.dumps(shortgpt))
     assert "shortgpt -2 blocks" in leaderboard([hand_made])
+
+
+def _write(path: Path, data: object) -> Path:
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_bad_files_are_skipped_one_line_each_and_nan_is_left_out(hand_made):
+    good = json.loads((hand_made / "results_wanda-s0.json").read_text())
+    as_list = _write(hand_made / "results_list.json", {**good, "results": [good["results"]]})
+    config_str = _write(hand_made / "results_cfgstr.json", {**good, "config": "pretrained=acme/base"})
+    not_json = _write(hand_made / "notes.json", "this is not JSON {")
+    bare = _write(hand_made / "results_bare.json", {"results": {"tts_aime24": {"exact_match,all": 1.0}}, "config": {}})
+    nan_run = copy.deepcopy(good)
+    nan_run["config"]["prune"]["config"]["seed"] = 7
+    nan_run["results"]["tts_aime24"]["exact_match,all"] = float("nan")
+    nan_file = _write(hand_made / "results_nan.json", nan_run)  # json.dumps writes NaN, as lm-eval's json does
+    skipped: list[str] = []
+    rows = json.loads(leaderboard([hand_made], "json", on_skip=skipped.append))
+    assert sorted(skipped) == sorted(
+        [
+            f"skipped {as_list}: 'results' is a list, not an object as lm-eval writes it",
+            f"skipped {config_str}: 'config' is a string, not an object as lm-eval writes it",
+            f"skipped {not_json}: not JSON",
+            f"skipped {bare}: no 'configs' or 'model_name': not written by lm-eval",
+            f"{nan_file}: task tts_aime24: exact_match is nan; left out",
+        ]
+    )
+    cell = {(r["variant"], r["thinking_budget"], r["task"]): r for r in rows}
+    aime = cell[("wanda-uniform 0.2", "512", "tts_aime24")]
+    assert (aime["mean"], aime["n"]) == (pytest.approx(0.6), 2)  # the NaN run is not averaged in
+    math = cell[("wanda-uniform 0.2", "512", "tts_math500")]
+    assert math["n"] == 3 and math["mean"] == pytest.approx((0.81 + 0.83 + 0.81) / 3)  # its finite score is
+    assert not any(r["base_model"] == "?" for r in rows)  # the bare exact_match file is no dense baseline
+
+
+def test_cli_reports_skips_on_stderr(hand_made):
+    _write(hand_made / "junk.json", "[1, 2]")
+    result = CliRunner().invoke(main, ["leaderboard", str(hand_made)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"skipped {hand_made / 'junk.json'}: a JSON a list, not lm-eval results (an object)\n"
+    assert "| acme/base | dense | 512 |" in result.stdout
+    result = CliRunner().invoke(main, ["leaderboard", str(hand_made / "missing")])
+    assert result.exit_code == 2 and "does not exist" in result.stderr and "Traceback" not in result.output
+
+
+def _save_with_lm_eval(data: dict, output_path: Path) -> None:
+    """Write results the way lm-eval 0.4.13 does (its EvaluationTracker), so the file names are lm-eval's own."""
+    from lm_eval.loggers import EvaluationTracker
+
+    tracker = EvaluationTracker(output_path=str(output_path))
+    tracker.general_config_tracker.model_name_sanitized = "acme__base"
+    tracker.save_results_aggregated(results=copy.deepcopy(data), samples=None)
+
+
+def test_finds_results_written_by_lm_eval_output_path(tmp_path):
+    fixture = json.loads((FIXTURES / "results_dense-b2.json").read_text())
+    _save_with_lm_eval(fixture, tmp_path / "runs" / "dense.json")  # --output_path X.json
+    pruned = json.loads((FIXTURES / "results_magnitude-s0-b2.json").read_text())
+    _save_with_lm_eval(pruned, tmp_path / "runs")  # --output_path DIR
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json"))
+    assert len(written) == 2 and written[0].startswith("runs/acme__base/results_") and "runs/dense_" in written[1]
+    skipped: list[str] = []
+    rows = json.loads(leaderboard([tmp_path / "runs"], "json", on_skip=skipped.append))
+    assert skipped == [] and {r["variant"] for r in rows} == {"dense", "magnitude-uniform 0.5"}
+
+
+def _pruned_folder(folder: Path, base: str = "acme/base") -> Path:
+    folder.mkdir(parents=True)
+    config = {"method": "wanda", "alloc": "owl", "sparsity": 0.2, "pattern": "unstructured", "seed": 3}
+    PruneReport(config=config, fingerprint="fp-local", base_model=base).save(folder)
+    return folder
+
+
+def test_stock_hf_run_of_a_pruned_checkpoint_is_that_variant(hand_made):
+    checkpoint = _pruned_folder(hand_made.parent / "ckpt")
+    data = json.loads((hand_made / "results_dense.json").read_text())
+    data["config"]["model_args"] = f"pretrained={checkpoint},dtype=float32"  # lm_eval --model hf keeps the string
+    data["results"]["tts_aime24"]["exact_match,all"] = 0.25
+    _write(hand_made / "results_stock.json", data)
+    run = read_run(hand_made / "results_stock.json")
+    assert run.variant.label == "wanda-owl 0.2" and run.variant.base_model == "acme/base"
+    assert run.prune == {"config": run.prune["config"], "fingerprint": "fp-local", "base_model": "acme/base"}
+    cells = {
+        (v.label, b, t): c
+        for (v, b, t), c in build_table([read_run(p) for p in hand_made.glob("*.json")]).cells.items()
+    }
+    assert cells[("wanda-owl 0.2", "512", "tts_aime24")].delta == pytest.approx(0.25 - 0.55)
+    assert cells[("dense", "512", "tts_aime24")].n == 1  # not averaged into the dense row
+    data["config"]["model_args"] = f"pretrained={hand_made.parent / 'gone'},dtype=float32"
+    _write(hand_made / "results_stock.json", data)
+    assert read_run(hand_made / "results_stock.json").variant.dense  # no report there: a dense run of that path
+
+
+def test_plot_needs_matplotlib_before_any_work(hand_made, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(PruneConfigError, match=r"^--plot needs matplotlib: pip install 'lm-eval-prune\[plot\]'$"):
+        leaderboard([hand_made / "missing"], plot_path=hand_made / "x.png")  # checked before the paths are read
+    result = CliRunner().invoke(main, ["leaderboard", str(hand_made), "--plot", str(hand_made / "x.png")])
+    assert result.exit_code == 2 and "--plot needs matplotlib" in result.stderr and not (hand_made / "x.png").exists()
+
+
+def _inside(fig) -> bool:
+    """Every axes (titles, labels, ticks) and the legend lie within the figure once drawn."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    parts = [ax.get_tightbbox(renderer) for ax in fig.axes] + [leg.get_window_extent(renderer) for leg in fig.legends]
+    return all(p.x0 >= box.x0 - 1 and p.y0 >= box.y0 - 1 and p.x1 <= box.x1 + 1 and p.y1 <= box.y1 + 1 for p in parts)
+
+
+def test_plot_has_a_legend_for_every_line_no_clipping_and_an_accuracy_axis(hand_made):
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    from lm_eval_prune.publish.plots import leaderboard_figure
+
+    # a variant scored on the second task only, and a dense run without a thinking budget
+    results_file(hand_made, "mag-only-math", method="magnitude", seed=5, budget=512, scores={"tts_math500": 0.4})
+    results_file(hand_made, "mag-1k", method="magnitude", seed=0, budget=1024, scores={"tts_math500": 0.5})
+    table = build_table([read_run(p) for p in sorted(hand_made.glob("*.json"))])
+    fig = leaderboard_figure(table)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sorted(labels) == ["dense", "magnitude-uniform 0.2", "wanda-uniform 0.2"]
+    lines_per_panel = [len(ax.containers) + len(ax.lines) for ax in fig.axes]
+    assert lines_per_panel[0] >= 3 and lines_per_panel[1] >= 3
+    assert isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine) and _inside(fig)
+    assert all(ax.get_ylim() == (0.0, 1.0) and ax.get_ylabel() == "exact_match" for ax in fig.axes)
+
+
+def test_any_numeric_metric_lower_is_better(tmp_path):
+    from lm_eval_prune.publish.plots import leaderboard_figure
+
+    rows = json.loads(leaderboard([FIXTURES], "json", metric="thinking_tokens", plot_path=tmp_path / "tokens.png"))
+    assert rows and all(r["metric"] == "thinking_tokens" for r in rows) and (tmp_path / "tokens.png").stat().st_size
+    by_task: dict[str, list[dict]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    for group in by_task.values():  # lm-eval marks thinking_tokens higher_is_better: false
+        assert {r["mean"] for r in group if r["best"]} == {min(r["mean"] for r in group)}
+    table = build_table([read_run(p) for p in sorted(FIXTURES.glob("*.json"))], "thinking_tokens")
+    fig = leaderboard_figure(table)
+    assert all(ax.get_ylabel() == "thinking_tokens" and ax.get_ylim()[1] > 1.0 for ax in fig.axes)
+    with pytest.raises(PruneConfigError, match="no 'tokens' scores in the results given; metrics there: exact_match"):
+        leaderboard([FIXTURES], metric="tokens")
