@@ -124,16 +124,20 @@ def layer_scores(
     from lm_eval_prune.store.pipeline import SCORE_KINDS, compute_layer_scores
 
     if kind in ("layerif", "alphapruning"):
+        if options.get("alloc", "uniform") not in ("uniform", kind):
+            raise PruneConfigError(
+                f"--alloc {options['alloc']!r} does not apply to --kind {kind} (it sets alloc={kind})"
+            )
         options["alloc"] = kind
     config = config_from_options(options)
     check_dtype(dtype)
-    if plot_path:
-        from lm_eval_prune.publish.plots import require_matplotlib
+    if plot_path is not None:
+        from lm_eval_prune.publish.plots import check_plot_path, require_matplotlib
 
         require_matplotlib()  # before the expensive work, not after
-    for path in (save_path, plot_path):
-        if path:
-            _check_writable_file(path)
+        check_plot_path(plot_path)
+    if save_path is not None:
+        _check_writable_file(save_path)
     kind_value = next(k for k in SCORE_KINDS if k == kind)
     result = compute_layer_scores(
         BaseModel(model, revision, dtype), config, kind_value, PruneCache.from_setting(None, given=False)
@@ -143,9 +147,11 @@ def layer_scores(
         {"block": i, "score": s, **({"sparsity": sparsities[i]} if sparsities else {})} for i, s in enumerate(scores)
     ]
     click.echo(json.dumps({"kind": kind, "model": model, "blocks": rows}, indent=1))
-    if save_path:
-        _write_atomically(Path(save_path), json.dumps({"scores": scores, "kind": kind, "model": model}) + "\n")
-    if plot_path:
+    if save_path is not None:
+        _write_atomically(
+            Path(save_path).expanduser(), json.dumps({"scores": scores, "kind": kind, "model": model}) + "\n"
+        )
+    if plot_path is not None:
         from lm_eval_prune.publish.plots import plot_layer_scores
 
         plot_layer_scores(scores, sparsities, kind, model, plot_path, config.sparsity if sparsities else None)
@@ -155,9 +161,9 @@ def _check_writable_file(path: str) -> None:
     """The file's folder exists (created if missing) and is writable: checked before any work, not after."""
     import os
 
-    target = Path(path)
-    if not path or target.is_dir():
-        raise PruneConfigError(f"output file {path!r} must be a file path, not a folder")
+    target = Path(path).expanduser()
+    if not path.strip() or target.is_dir():
+        raise PruneConfigError(f"output file {path!r} must be a file path, not a folder or empty")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -212,11 +218,12 @@ def publish(
     """Upload a pruned CHECKPOINT directory with a generated model card to the Hugging Face Hub."""
     import sys
 
-    from lm_eval_prune.publish.hub import PublishError, check_repo_id, load_checkpoint_report
+    from lm_eval_prune.publish.hub import PublishError, check_publish_options, check_repo_id, load_checkpoint_report
     from lm_eval_prune.publish.hub import publish as run_publish
 
     try:
         check_repo_id(repo_id)
+        check_publish_options(revision, license_id, base_model)
         load_checkpoint_report(checkpoint)
         if not dry_run and not yes and sys.stdin.isatty():
             click.confirm(f"Upload {checkpoint} to {repo_id}{' (private)' if private else ''}?", abort=True)
@@ -281,6 +288,15 @@ def tasks_path() -> None:
 
     click.echo(str(tasks_dir()))
 
+
+def _add_study() -> None:
+    """``lm-eval-prune study``: its module imports click and the torch-free spec only."""
+    from lm_eval_prune.study.cli import study
+
+    main.add_command(study)
+
+
+_add_study()
 
 if __name__ == "__main__":
     main()

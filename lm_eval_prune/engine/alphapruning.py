@@ -85,12 +85,19 @@ def esd_alpha(eigs: torch.Tensor, fix_fingers: FixFingers = "xmin_peak", bins: i
     return float(alphas[int(torch.argmin(distances))])
 
 
-def alpha_per_linear(model: nn.Module, fix_fingers: FixFingers = "xmin_peak", bins: int = BINS) -> dict[str, float]:
-    """``alpha`` of every linear in the decoder blocks, keyed ``"<block>.<name>"`` (``"3.self_attn.q_proj"``)."""
+def alpha_per_linear(
+    model: nn.Module, fix_fingers: FixFingers = "xmin_peak", bins: int = BINS, as_float16: bool = True
+) -> dict[str, float]:
+    """``alpha`` of every linear in the decoder blocks, keyed ``"<block>.<name>"`` (``"3.self_attn.q_proj"``).
+
+    ``as_float16``: the weights are rounded to float16 first, because the reference loads the model in float16
+    before its ESD (on fp32 weights the block targets move by up to 0.01).
+    """
     out: dict[str, float] = {}
     for index, block in enumerate(decoder_blocks(model)):
         for name, linear in block_linears(block).items():
-            out[f"{index}.{name}"] = esd_alpha(esd_eigenvalues(linear.weight), fix_fingers, bins)
+            weight = linear.weight.detach().to(torch.float16) if as_float16 else linear.weight
+            out[f"{index}.{name}"] = esd_alpha(esd_eigenvalues(weight), fix_fingers, bins)
     return out
 
 

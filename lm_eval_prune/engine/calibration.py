@@ -26,6 +26,7 @@ import torch
 from lm_eval_prune.engine.config import HUB_CALIBRATION_SETS, TEXT_FILE_SUFFIXES, TOKEN_FILE_SUFFIXES, PruneConfig
 from lm_eval_prune.engine.traces import Documents, documents_from_records, parquet_fields, read_records, record_kind
 from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.hashing import file_sha256
 
 C4_REPO = "allenai/c4"
 C4_SHARD = "en/c4-train.00000-of-01024.json.gz"
@@ -194,13 +195,58 @@ def calibration_tokens(
         return CalibrationTokens(ids, {**info, **docs.info})
     check_source("calibration", source)
     path = Path(source)
-    info["file_sha256"] = _file_sha256(path)
+    info["file_sha256"] = file_sha256(path)
     if path.suffix in (".pt", ".npy"):
         ids = load_token_file(path, config.nsamples, config.seqlen, vocab_size=_vocab_size(tokenizer))
         return CalibrationTokens(ids, info)
     encode = _encoder(tokenizer)
-    stream = _memoised(tokenizer, _file_key(path), lambda: _as_ids(encode(read_text(path))))
+    tokens_dir = cache_dir.parent / "tokens" if cache_dir is not None else None
+
+    def tokenize() -> torch.Tensor:
+        return _on_disk(tokens_dir, tokenizer, info["file_sha256"], lambda: _as_ids(encode(read_text(path))))
+
+    stream = _memoised(tokenizer, _file_key(path), tokenize)
     return CalibrationTokens(sample_stream(stream, config.nsamples, config.seqlen, config.seed, str(path)), info)
+
+
+def _tokenizer_digest(tokenizer: Any) -> str | None:
+    """The tokenizer's full definition, hashed (fast tokenizers only; None: do not cache on disk)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    extra = json.dumps([getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None)])
+    return hashlib.sha256((backend.to_str() + extra).encode()).hexdigest()[:16]
+
+
+def _on_disk(
+    folder: Path | None, tokenizer: Any, content_sha256: str, compute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """A tokenized text stream kept as ``.npy`` under the prune cache, keyed by the text's and tokenizer's hashes.
+
+    Tokenizing War and Peace takes seconds on every run otherwise; a damaged file is recomputed, never trusted.
+    """
+    import numpy as np
+
+    digest = _tokenizer_digest(tokenizer)
+    if folder is None or digest is None:
+        return compute()
+    path = folder / f"{content_sha256[:16]}-{digest}.npy"
+    if path.is_file():
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.int64))
+        except (OSError, ValueError):
+            pass
+    ids = compute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with tmp.open("wb") as handle:
+            largest = int(ids.max()) if ids.numel() else 0
+            np.save(handle, ids.numpy().astype(np.int32 if largest < 2**31 else np.int64))
+        tmp.replace(path)
+    except OSError:  # a read-only cache only costs the speed-up
+        pass
+    return ids
 
 
 def is_document_source(source: str) -> bool:
@@ -241,7 +287,7 @@ def documents(
 
     def read() -> Documents:
         docs = documents_from_records(read_records(path, what), tokenizer, trace_field, what, traces)
-        docs.info["file_sha256"] = _file_sha256(path)
+        docs.info["file_sha256"] = file_sha256(path)
         return docs
 
     return _memoised(tokenizer, ("records", *_file_key(path), trace_field, traces), read)
@@ -309,14 +355,6 @@ def _doc_encoder(tokenizer: Any, docs: Documents) -> Callable[[str], list[int]]:
     if not docs.templated:
         return _encoder(tokenizer)
     return lambda text: list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 23), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_text(path: Path) -> str:

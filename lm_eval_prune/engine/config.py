@@ -31,6 +31,9 @@ ShortGPTMode = Literal["bi", "tail"]
 SHORTGPT_MODES: tuple[ShortGPTMode, ...] = ("bi", "tail")
 LAYERIF_HESSIANS = ("identity", "datainf")
 LAYERIF_MODULES = ("attn", "all")
+SPARSITY_DEFAULT = 0.5
+CALIB_GEN_TOKENS_DEFAULT = 1024
+MAX_SEED = 2**32 - 1  # what every seeded generator here accepts (NumPy's is the narrowest)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,9 @@ class PruneConfig:
 
     method: str = field(default="wanda", metadata={"help": "pruning method: " + ", ".join(METHODS.names())})
     alloc: str = field(default="uniform", metadata={"help": "layer-wise allocation: " + ", ".join(ALLOCATORS.names())})
-    sparsity: float = field(default=0.5, metadata={"help": "target fraction of block-linear weights zeroed, in [0, 1)"})
+    sparsity: float = field(
+        default=SPARSITY_DEFAULT, metadata={"help": "target fraction of block-linear weights zeroed, in [0, 1)"}
+    )
     pattern: str = field(default="unstructured", metadata={"help": "'unstructured' or N:M such as 2:4, 4:8"})
     calibration: str = field(
         default="c4",
@@ -48,7 +53,9 @@ class PruneConfig:
     trace_field: str = field(
         default="", metadata={"help": "reasoning-trace sources: the trajectory field (default: detected)"}
     )
-    calib_gen_tokens: int = field(default=1024, metadata={"help": "self:PROMPTS: tokens generated per trace"})
+    calib_gen_tokens: int = field(
+        default=CALIB_GEN_TOKENS_DEFAULT, metadata={"help": "self:PROMPTS: tokens generated per trace"}
+    )
     nsamples: int = field(default=128, metadata={"help": "calibration sequences"})
     seqlen: int = field(default=2048, metadata={"help": "tokens per calibration sequence"})
     seed: int = field(default=0, metadata={"help": "seed of the calibration sampling"})
@@ -139,7 +146,16 @@ class PruneConfig:
             )
         if not isinstance(self.drop_layers, int) or self.drop_layers < 0:
             raise PruneConfigError(f"drop_layers={self.drop_layers!r} must be an integer >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise PruneConfigError(f"seed={self.seed!r} must be an integer in [0, {MAX_SEED}]")
         self._check_owned_settings()
+        self._check_source_settings()
+        spec = self.method_spec
+        if (spec.dense or spec.structured) and self.sparsity not in (SPARSITY_DEFAULT, 0.0):
+            raise PruneConfigError(
+                f"sparsity={self.sparsity!r} does not apply to method={self.method}"
+                + (" (it removes drop_layers whole blocks)" if spec.structured else " (nothing is pruned)")
+            )
         if self.method_spec.structured:
             if self.drop_layers < 1:
                 raise PruneConfigError(f"drop_layers={self.drop_layers!r} must be >= 1 for method={self.method!r}")
@@ -164,6 +180,25 @@ class PruneConfig:
                     f"{item.name}={value!r} applies to {owner} only; "
                     f"this run has method={self.method}, alloc={self.alloc}"
                 )
+
+    def _check_source_settings(self) -> None:
+        """``trace_field`` needs a source with records (.jsonl, traces:, self:, s1k); ``calib_gen_tokens`` needs a
+        ``self:`` source. Given without one they would be ignored silently."""
+        sources = [
+            getattr(self, name) for name in ("calibration", "layerif_train", "layerif_val") if getattr(self, name)
+        ]
+        if self.trace_field and not any(
+            s == "s1k" or s.startswith(SOURCE_PREFIXES) or Path(s).suffix == ".jsonl" for s in sources
+        ):
+            raise PruneConfigError(
+                f"trace_field={self.trace_field!r} applies to record sources only (a .jsonl file, traces:PATH, "
+                f"self:PATH or s1k); this run has calibration={self.calibration!r}"
+            )
+        if self.calib_gen_tokens != CALIB_GEN_TOKENS_DEFAULT and not any(s.startswith("self:") for s in sources):
+            raise PruneConfigError(
+                f"calib_gen_tokens={self.calib_gen_tokens!r} applies to self:PROMPTS sources only; "
+                f"this run has calibration={self.calibration!r}"
+            )
 
     @property
     def method_spec(self) -> MethodSpec:

@@ -151,12 +151,12 @@ class _Capture:
         return out + [self.norm_grads[i].to(compute) for i in range(len(self.norms))]
 
 
-def _sequence_losses(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Each sequence's causal-LM loss, as ``model(input_ids, labels=input_ids).loss`` gives it for one sequence."""
-    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-    targets = ids[:, 1:]
-    per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return per_token.reshape(targets.shape).mean(dim=1)
+def _sequence_losses(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Each sequence's causal-LM loss, as ``model(input_ids, labels=input_ids).loss`` gives it for one sequence
+    (right-padded records: only the first ``lengths[i]`` tokens count)."""
+    from lm_eval_prune.engine.layer_scores import sequence_losses
+
+    return sequence_losses(model, ids, lengths)
 
 
 @dataclass
@@ -258,6 +258,8 @@ def datainf_block_scores(
     bank_gib: float = 32.0,
     lambda_const: float = LAMBDA_CONST,
     positives: list[int] | None = None,
+    train_lengths: torch.Tensor | None = None,
+    val_lengths: torch.Tensor | None = None,
 ) -> list[float]:
     """One LayerIF score per decoder block: ``S_l = sum_i max(0, sum_v IF(z_i, v))`` over ``modules``' tensors.
 
@@ -290,10 +292,10 @@ def datainf_block_scores(
 
     with _FrozenForFactors(model), _Capture(linears, sel.norms) as capture:
 
-        def run(ids: torch.Tensor) -> None:
+        def run(ids: torch.Tensor, lengths: torch.Tensor | None) -> None:
             capture.clear()
             with torch.enable_grad():
-                _sequence_losses(model, ids.to(device)).sum().backward()
+                _sequence_losses(model, ids.to(device), lengths).sum().backward()
             if len(capture.grads) != len(linears) or len(capture.norm_grads) != len(sel.norms):
                 raise PruneConfigError("LayerIF: the backward did not reach every selected module")
 
@@ -301,7 +303,7 @@ def datainf_block_scores(
         g_val = [torch.zeros(lin.weight.shape, dtype=compute, device=device) for lin in linears]
         g_vec: list[torch.Tensor] = []
         for lo, hi in _batches(0, len(val_ids), batch_size):
-            run(val_ids[lo:hi])
+            run(val_ids[lo:hi], None if val_lengths is None else val_lengths[lo:hi])
             for index in range(n_weights):
                 x = capture.inputs[index].to(compute).flatten(0, 1)
                 g_val[index] += capture.grads[index].to(compute).flatten(0, 1).T @ x
@@ -322,7 +324,7 @@ def datainf_block_scores(
 
         if estimator == "identity":
             for lo, hi in _batches(0, n, batch_size):
-                run(train_ids[lo:hi])
+                run(train_ids[lo:hi], None if train_lengths is None else train_lengths[lo:hi])
                 first_visit(lo, hi)
             influence = -val_dot
         else:
@@ -340,7 +342,7 @@ def datainf_block_scores(
                     torch.empty(stop - start, seqlen, lin.out_features, dtype=dtype, device=device) for lin in linears
                 ]
                 for lo, hi in _batches(start, stop, batch_size) + _batches(stop, n, batch_size):
-                    run(train_ids[lo:hi])
+                    run(train_ids[lo:hi], None if train_lengths is None else train_lengths[lo:hi])
                     new_x = [capture.inputs[g[0]] for g in groups]
                     new_d = [capture.grads[i] for i in range(n_weights)]
                     stored = min(lo, stop) - start  # bank rows filled before this batch

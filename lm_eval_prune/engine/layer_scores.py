@@ -7,6 +7,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,24 @@ def remove_blocks_(model: Any, remove: list[int]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ LayerIF
-def _sample_losses(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of each sequence of ``ids`` [b, seqlen] (fp32)."""
+def sequence_losses(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of each sequence of ``ids`` [b, seqlen] (fp32).
+
+    ``lengths`` (right-padded records): only targets inside each record count, so pad positions get no gradient
+    (and causal attention keeps them out of every real position).
+    """
     logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
     targets = ids[:, 1:]
     per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return per_token.reshape(targets.shape).mean(dim=1)
+    per_token = per_token.reshape(targets.shape)
+    if lengths is None:
+        return per_token.mean(dim=1)
+    positions = torch.arange(targets.shape[1], device=ids.device)
+    valid = (positions[None, :] < (lengths.to(ids.device)[:, None] - 1)).to(per_token.dtype)
+    return (per_token * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+
+
+_sample_losses = sequence_losses
 
 
 @torch.enable_grad()
@@ -82,6 +95,8 @@ def layerif_influence(
     val_ids: torch.Tensor,
     batch_size: int = 8,
     positives: list[int] | None = None,
+    train_lengths: torch.Tensor | None = None,
+    val_lengths: torch.Tensor | None = None,
 ) -> list[float]:
     """``S_l = sum_i max(0, -<G_val^l, g_i^l>)`` over the attention and MLP linear weights of each block l.
 
@@ -107,15 +122,25 @@ def layerif_influence(
     try:
         for weight in weights:
             weight.grad = None
-        for batch in tqdm(val_ids.split(batch_size), desc="LayerIF validation gradient", unit="batch", leave=False):
-            _sample_losses(model, batch.to(device)).sum().backward()
+        val_batches = val_ids.split(batch_size)
+        val_lens = val_lengths.split(batch_size) if val_lengths is not None else [None] * len(val_batches)
+        for batch, lens in tqdm(
+            list(zip(val_batches, val_lens, strict=True)), desc="LayerIF validation gradient", unit="batch", leave=False
+        ):
+            sequence_losses(model, batch.to(device), lens).sum().backward()
         g_val = [[_grad(linear).float().reshape(-1) for linear in group] for group in linears]
         scores = [0.0] * len(blocks)
         counts = [0] * len(blocks)
-        for sample in tqdm(train_ids, desc="LayerIF training backwards", unit="sample", leave=False):
+        for index_i, sample in enumerate(
+            tqdm(train_ids, desc="LayerIF training backwards", unit="sample", leave=False)
+        ):
             for weight in weights:
                 weight.grad = None
-            _sample_losses(model, sample.unsqueeze(0).to(device)).sum().backward()
+            length = None if train_lengths is None else train_lengths[index_i : index_i + 1]
+            if length is not None:
+                sample = sample[: int(length)]  # one record alone: its pads are not needed
+                length = None
+            sequence_losses(model, sample.unsqueeze(0).to(device), length).sum().backward()
             dots = torch.stack(
                 [
                     sum(
@@ -185,13 +210,23 @@ def read_score_file(path: str | Path, n_blocks: int) -> list[float]:
         if path.suffix == ".npy":
             import numpy as np
 
-            values = [float(v) for v in np.load(path, allow_pickle=False).reshape(-1)]
+            array = np.load(path, allow_pickle=False)
+            if array.ndim != 1:
+                raise PruneConfigError(
+                    f"layerif_scores file {str(path)!r} holds a {array.ndim}-D array of shape {tuple(array.shape)}; "
+                    "it must be 1-D, one value per block"
+                )
+            if array.dtype.kind not in "iuf":
+                raise TypeError(f"dtype {array.dtype}")
+            values = [float(v) for v in array]
         else:
             data = json.loads(path.read_text())
             raw = data["scores"] if isinstance(data, dict) else data
             if not isinstance(raw, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in raw):
                 raise TypeError("not a list of numbers")
             values = [float(v) for v in raw]
+    except PruneConfigError:
+        raise
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
         raise PruneConfigError(
             f"layerif_scores file {str(path)!r} is not a list of numbers ({type(exc).__name__})"
@@ -205,24 +240,42 @@ def read_score_file(path: str | Path, n_blocks: int) -> list[float]:
     return values
 
 
-def layerif_data(config: Any, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training ids, validation ids) for LayerIF from its sources (default: the calibration source, seeds s, s+1)."""
-    from lm_eval_prune.engine.calibration import load_calibration
+@dataclass
+class LayerIFData:
+    """Training and validation token ids; ``*_lengths`` are set for record sources (one right-padded record a row)."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    train_lengths: torch.Tensor | None = None
+    val_lengths: torch.Tensor | None = None
+
+
+def layerif_data(
+    config: Any, tokenizer: Any, model: Any = None, cache_dir: Path | None = None, model_key: str | None = None
+) -> LayerIFData:
+    """LayerIF's samples from its sources (default: the calibration source, seeds s and s+1).
+
+    Record sources (JSONL, ``s1k``, ``traces:``, ``self:``) give one sample per record truncated to
+    ``layerif_seqlen``; streams (text, Hub sets, token files) give random windows as calibration does.
+    """
+    from lm_eval_prune.engine.calibration import is_document_source, load_calibration, load_records
 
     train_source = config.layerif_train or config.calibration
     val_source = config.layerif_val or config.calibration
-    train = load_calibration(
-        config.replace(calibration=train_source, nsamples=config.layerif_nsamples, seqlen=config.layerif_seqlen),
-        tokenizer,
-    )
     val_seed = config.seed + 1 if val_source == train_source else config.seed
-    val = load_calibration(
-        config.replace(
-            calibration=val_source, nsamples=config.layerif_val_nsamples, seqlen=config.layerif_seqlen, seed=val_seed
-        ),
-        tokenizer,
-    )
-    return train, val
+    out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    for source, nsamples, seed in (
+        (train_source, config.layerif_nsamples, config.seed),
+        (val_source, config.layerif_val_nsamples, val_seed),
+    ):
+        settings = config.replace(calibration=source, nsamples=nsamples, seqlen=config.layerif_seqlen, seed=seed)
+        if is_document_source(source):
+            records = load_records(settings, tokenizer, model=model, cache_dir=cache_dir, model_key=model_key)
+            out.append((records.ids, records.lengths))
+        else:
+            out.append((load_calibration(settings, tokenizer), None))
+    (train, train_lengths), (val, val_lengths) = out
+    return LayerIFData(train, val, train_lengths, val_lengths)
 
 
 def layerif_device(config_device: str, offload: bool, cuda_available: bool) -> str:
@@ -237,23 +290,31 @@ def layerif_device(config_device: str, offload: bool, cuda_available: bool) -> s
     return "cpu"
 
 
-def layerif_scores(
-    model: nn.Module, train: torch.Tensor, val: torch.Tensor, config: Any, positives: list[int] | None = None
-) -> list[float]:
+def layerif_scores(model: nn.Module, data: LayerIFData, config: Any, positives: list[int] | None = None) -> list[float]:
     """LayerIF with the configured estimator: the identity over attention+MLP (the seed study's variant, one backward
     per sample, nothing stored) or DataInf / the identity on the chosen tensors from per-sample gradient factors."""
     if config.layerif_hessian == "identity" and config.layerif_modules == "all":
-        return layerif_influence(model, train, val, batch_size=config.calib_batch_size, positives=positives)
+        return layerif_influence(
+            model,
+            data.train,
+            data.val,
+            batch_size=config.calib_batch_size,
+            positives=positives,
+            train_lengths=data.train_lengths,
+            val_lengths=data.val_lengths,
+        )
     from lm_eval_prune.engine.datainf import datainf_block_scores
 
     scores = datainf_block_scores(
         model,
-        train,
-        val,
+        data.train,
+        data.val,
         config.layerif_modules,
         config.calib_batch_size,
         estimator=config.layerif_hessian,
         positives=positives,
+        train_lengths=data.train_lengths,
+        val_lengths=data.val_lengths,
     )
     if not any(scores):
         log.warning("LayerIF (%s) scores are all zero: the allocation will be uniform", config.layerif_hessian)
@@ -261,7 +322,13 @@ def layerif_scores(
 
 
 def cached_layerif_scores(
-    model: nn.Module, tokenizer: Any, config: Any, path: Path | None, positives: list[int] | None = None
+    model: nn.Module,
+    tokenizer: Any,
+    config: Any,
+    path: Path | None,
+    positives: list[int] | None = None,
+    traces_dir: Path | None = None,
+    model_key: str | None = None,
 ) -> list[float]:
     """LayerIF scores from ``config.layerif_scores``, else from ``path`` (a cache file), else computed (cached there).
 
@@ -280,7 +347,7 @@ def cached_layerif_scores(
             return scores
         except PruneConfigError as exc:
             log.warning("cached LayerIF scores at %s are damaged (%s); computing them again", path, exc)
-    train, val = layerif_data(config, tokenizer)
+    data = layerif_data(config, tokenizer, model, traces_dir, model_key)
     home = next(model.parameters()).device
     dispatched = len(set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))) > 1
     target = torch.device(layerif_device(config.device, config.offload, torch.cuda.is_available()))
@@ -289,7 +356,7 @@ def cached_layerif_scores(
         model.to(target)
     try:
         counts: list[int] = []
-        scores = layerif_scores(model, train, val, config, counts)
+        scores = layerif_scores(model, data, config, counts)
     finally:
         if move:
             model.to(home)

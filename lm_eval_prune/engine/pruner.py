@@ -34,6 +34,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise PruneConfigError(
+            f"device={name!r} but this machine has no MPS (Apple GPU) device; use device=cpu or auto"
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise PruneConfigError(f"device={name!r} but this machine has no CUDA device; use device=cpu or auto")
@@ -53,6 +57,8 @@ def check_against_model_config(config: PruneConfig, model_config: Any) -> None:
             f"layerif_seqlen={config.layerif_seqlen} exceeds the model's max_position_embeddings={max_positions}"
         )
     n_blocks = getattr(model_config, "num_hidden_layers", None)
+    if n_blocks is not None and (isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1):
+        raise PruneConfigError(f"the model config has num_hidden_layers={n_blocks!r}; it needs at least one block")
     if config.drop_layers and n_blocks is not None and config.drop_layers >= n_blocks:
         raise PruneConfigError(f"drop_layers={config.drop_layers} must be < the model's {n_blocks} blocks")
     if config.nm is not None and not config.is_dense:
@@ -75,6 +81,7 @@ def check_model_fits(model: nn.Module, config: PruneConfig) -> None:
     """Errors that need the model: architecture, N:M divisibility, and where accelerate put its blocks."""
     check_against_model_config(config, model.config)
     check_placement(model, config)
+    check_finite_weights(model, config)
     if config.nm is not None and not config.is_dense:
         m = config.nm[1]
         for index, block in enumerate(decoder_blocks(model)):
@@ -83,6 +90,22 @@ def check_model_fits(model: nn.Module, config: PruneConfig) -> None:
                     raise PruneConfigError(
                         f"pattern={config.pattern!r}: input size {linear.in_features} of layers.{index}.{name} "
                         f"is not a multiple of {m}"
+                    )
+
+
+def check_finite_weights(model: nn.Module, config: PruneConfig) -> None:
+    """Refuse NaN or infinite weights in the linears to prune: every score and mask computed from them is garbage,
+    yet the run would finish and write a checkpoint as if nothing were wrong."""
+    if config.is_dense:
+        return
+    with torch.no_grad():
+        for index, block in enumerate(decoder_blocks(model)):
+            for name, linear in block_linears(block).items():
+                weight = linear.weight
+                if weight.device.type != "meta" and not bool(torch.isfinite(weight).all()):
+                    raise PruneConfigError(
+                        f"model weights layers.{index}.{name} hold NaN or infinite values; "
+                        "the base model is damaged (re-download it)"
                     )
 
 

@@ -7,6 +7,7 @@ Facts that code reads back are typed fields; ``extra`` holds free-form notes tha
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -116,9 +117,42 @@ class PruneReport:
             data["layers"] = [LayerRecord(**layer) for layer in data.get("layers") or []]
             data["removed_blocks"] = [RemovedBlock(**block) for block in data.get("removed_blocks") or []]
             data.setdefault("fingerprint", "")
-            return cls(**data)
+            report = cls(**data)
         except TypeError as exc:
             raise PruneConfigError(f"{where} has a malformed field ({exc})") from None
+        problem = report.number_problem()
+        if problem:
+            raise PruneConfigError(f"{where} has a malformed field ({problem})")
+        return report
+
+    def number_problem(self) -> str | None:
+        """What is not a finite number (a sparsity: in [0, 1]) among the measured fields, else None: a card or a
+        leaderboard must not show NaN, and code that reads them back must not meet a string."""
+
+        def bad(value: Any, unit: bool) -> bool:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return True
+            return unit and not 0.0 <= value <= 1.0
+
+        for name in ("overall_sparsity", "removed_param_share"):
+            if bad(getattr(self, name), True):
+                return f"{name}={getattr(self, name)!r}"
+        if bad(self.seconds, False):
+            return f"seconds={self.seconds!r}"
+        for name in ("block_sparsity", "block_achieved_sparsity", "layer_scores", "owl_outlier_percents"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if not isinstance(values, list):
+                return f"{name} is not a list"
+            unit = name.startswith("block")
+            for value in values:
+                if bad(value, unit):
+                    return f"{name} holds {value!r}"
+        for layer in self.layers:
+            if not isinstance(layer.name, str) or bad(layer.sparsity, True) or bad(layer.target_sparsity, True):
+                return f"layer {layer.name!r} has sparsity {layer.sparsity!r}"
+        return None
 
     @classmethod
     def load(cls, directory: str | Path) -> PruneReport:

@@ -35,7 +35,7 @@ CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """What decides the traces besides the model and the prompts. ``temperature`` 0 is greedy; ``seed`` seeds sampling."""
+    """What decides the traces besides model and prompts: ``temperature`` 0 is greedy, ``seed`` seeds sampling."""
 
     max_new_tokens: int
     temperature: float = 0.0
@@ -67,6 +67,17 @@ class Prompts:
     sha256: str
 
 
+def prompt_field(fields: list[str], what: str) -> str:
+    """The field a prompts file's problems are read from; one line naming ``what`` and its fields when none fits."""
+    field = next((f for f in QUESTION_FIELDS if f in fields), "messages" if "messages" in fields else "")
+    if not field:
+        raise PruneConfigError(
+            f"{what} has no prompt field (it has: {field_listing(fields)}); "
+            "give 'problem', 'question', 'prompt' or chat 'messages'"
+        )
+    return field
+
+
 def read_prompts(path: Path, tokenizer: Any) -> Prompts:
     """Each record's ``problem``/``question``/``prompt`` as the user turn (or its chat ``messages``), rendered with
     the chat template's generation prompt when the tokenizer has one."""
@@ -75,11 +86,7 @@ def read_prompts(path: Path, tokenizer: Any) -> Prompts:
     keys: set[str] = set()
     for record in records:
         keys.update(record)
-    field = next((f for f in QUESTION_FIELDS if f in keys), "messages" if "messages" in keys else "")
-    if not field:
-        raise PruneConfigError(
-            f"{what} has no prompt field (it has: {field_listing(keys)}); give 'problem', 'question', 'prompt' or 'messages'"
-        )
+    field = prompt_field(sorted(keys), what)
     templated = has_chat_template(tokenizer)
     texts: list[str] = []
     for number, record in enumerate(records, 1):
@@ -102,9 +109,10 @@ def model_fingerprint(model: Any) -> str:
     """A cheap identity of a model's weights when the caller has none: its name, config, and a strided sample of
     every parameter (hashing all weights of an 8B model would cost a minute)."""
     digest = hashlib.sha256()
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     digest.update(str(getattr(config, "name_or_path", "")).encode())
-    digest.update(config.to_json_string().encode() if hasattr(config, "to_json_string") else b"")
+    if hasattr(config, "to_json_string"):
+        digest.update(config.to_json_string().encode())
     for name, param in model.named_parameters():
         digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
         if param.device.type == "meta":

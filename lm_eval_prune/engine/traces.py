@@ -135,15 +135,14 @@ def _join(prefix: str, body: str, fmt: ThinkingFormat) -> str:
 
 # ----------------------------------------------------------------------------------------------- reading records
 def read_records(path: Path, what: str) -> list[dict[str, Any]]:
-    """The records of a JSONL or (with pyarrow) parquet file; one line naming the file for anything unreadable."""
+    """The records of a JSONL or (with pyarrow) parquet file; one line starting with ``what`` (the setting and the
+    file) for anything unreadable."""
     if path.suffix == ".parquet":
         return _read_parquet(path, what)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise PruneConfigError(
-            f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start}); give a UTF-8 .jsonl file"
-        ) from None
+        raise PruneConfigError(f"{what} is not UTF-8 text (byte {exc.start}); give a UTF-8 .jsonl file") from None
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -153,10 +152,10 @@ def read_records(path: Path, what: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict):
-            raise PruneConfigError(f"{what} {str(path)!r} line {number} is not a JSON object")
+            raise PruneConfigError(f"{what} line {number} is not a JSON object")
         records.append(record)
     if not records:
-        raise PruneConfigError(f"{what} {str(path)!r} holds no records")
+        raise PruneConfigError(f"{what} holds no records")
     return records
 
 
@@ -165,14 +164,14 @@ def _read_parquet(path: Path, what: str) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
     except ImportError:
         raise PruneConfigError(
-            f"{what} {str(path)!r} is parquet and pyarrow is not installed; pip install pyarrow, or give a JSONL file"
+            f"{what} is parquet and pyarrow is not installed; pip install pyarrow, or give a JSONL file"
         ) from None
     try:
         records = pq.read_table(path).to_pylist()
     except Exception as exc:  # ArrowInvalid, OSError...: a damaged or non-parquet file
-        raise PruneConfigError(f"{what} {str(path)!r} cannot be read as parquet ({type(exc).__name__})") from None
+        raise PruneConfigError(f"{what} cannot be read as parquet ({type(exc).__name__})") from None
     if not records:
-        raise PruneConfigError(f"{what} {str(path)!r} holds no records")
+        raise PruneConfigError(f"{what} holds no records")
     return records
 
 
@@ -182,12 +181,12 @@ def parquet_fields(path: Path, what: str) -> list[str]:
         import pyarrow.parquet as pq
     except ImportError:
         raise PruneConfigError(
-            f"{what} {str(path)!r} is parquet and pyarrow is not installed; pip install pyarrow, or give a JSONL file"
+            f"{what} is parquet and pyarrow is not installed; pip install pyarrow, or give a JSONL file"
         ) from None
     try:
         return list(pq.read_schema(path).names)
     except Exception as exc:  # ArrowInvalid, OSError...
-        raise PruneConfigError(f"{what} {str(path)!r} cannot be read as parquet ({type(exc).__name__})") from None
+        raise PruneConfigError(f"{what} cannot be read as parquet ({type(exc).__name__})") from None
 
 
 # ----------------------------------------------------------------------------------------------- record kinds

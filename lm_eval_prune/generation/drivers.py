@@ -1,4 +1,6 @@
-"""Budget-forced ``generate_until`` for lm-eval models: s1's request batching, and HF and vLLM step drivers.
+"""Step drivers for the budget-forcing policies: HF's ``model.generate`` and vLLM's ``LLM.generate``.
+
+lm-eval's side (requests, s1's batching with its Collator) is in :mod:`lm_eval_prune.harness.budget`.
 
 Both drivers answer a :class:`Step` as vLLM does: output ids keep a final stop/eos token (left out of the text), stop
 strings cut the text before them while the ids keep what was generated, ``min_tokens`` masks eos and stop ids, and a
@@ -11,19 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm_eval_prune.errors import PruneConfigError
-from lm_eval_prune.generation.protocol import (
-    Encoded,
-    Policy,
-    Sampling,
-    Step,
-    StepOutput,
-    drive,
-    parse_gen_kwargs,
-    plain_policy,
-    s1_policy,
-    thinking_budget,
-    wants_thinking,
-)
+from lm_eval_prune.generation.protocol import Sampling, Step, StepOutput
 
 RunSteps = Callable[[list[Step]], list[StepOutput]]
 INITIAL_OFFSET = 5  # tokens of context a slow tokenizer's incremental decode starts from, as in vLLM
@@ -263,72 +253,3 @@ def vllm_run_steps(llm: Any, max_length: int) -> RunSteps:
         ]
 
     return run
-
-
-# ----------------------------------------------------------------------------------------------- generate_until
-def is_driven(gen_kwargs: dict[str, Any] | None) -> bool:
-    """Requests we run ourselves: budget-forced ones, and seeded ones (a seed per request)."""
-    kwargs = gen_kwargs or {}
-    return wants_thinking(kwargs) or kwargs.get("seed") is not None
-
-
-def budget_forced_generate_until(
-    requests: Sequence[Any],
-    tokenizer: Any,
-    *,
-    add_bos_token: bool,
-    max_length: int,
-    default_max_gen_toks: int,
-    batch_size: int | str,
-    run_steps: RunSteps,
-    plain_generate_until: Callable[[list[Any]], list[str]],
-    cache_hook: Any = None,
-) -> list[str]:
-    """s1's ``generate_until`` for the requests :func:`is_driven` picks; the others go through lm-eval's own path.
-
-    Batching is s1's (lm-eval's Collator: grouped by gen_kwargs, longest prompt first, ``batch_size`` per chunk, one
-    chunk per group for ``auto``): it matters because ``max_tokens_thinking=auto`` uses the chunk's longest prompt.
-    """
-    from lm_eval.models.utils import Collator
-
-    responses: list[str] = [""] * len(requests)
-    driven = [i for i, r in enumerate(requests) if is_driven(r.args[1])]
-    plain = [i for i in range(len(requests)) if i not in set(driven)]
-    if plain:
-        for index, text in zip(plain, plain_generate_until([requests[i] for i in plain]), strict=True):
-            responses[index] = text
-    if not driven:
-        return responses
-
-    def encode(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=add_bos_token)["input_ids"])
-
-    eos_text = tokenizer.decode(tokenizer.eos_token_id)
-    items = [((requests[i].args[0], encode(requests[i].args[0]), i), requests[i].args[1]) for i in driven]
-    collator = Collator(items, lambda item: (-len(item[0][1]), item[0][0]), group_by="gen_kwargs")
-    chunk_size = int(batch_size) if str(batch_size) != "auto" and not str(batch_size).startswith("auto") else 0
-    order: list[int] = []
-    policies: list[Policy] = []
-    for chunk in collator.get_batched(n=chunk_size, batch_fn=None):
-        plans = [
-            parse_gen_kwargs(kw or {}, eos_text, default_max_gen_toks, tokenizer, index) for (_, _, index), kw in chunk
-        ]
-        context_len = max_length - plans[0].max_gen_toks
-        prompts = [ids[-context_len:] for (_, ids, _), _ in chunk]
-        longest = max(len(ids) for ids in prompts)
-        for plan, prompt, ((_, _, index), _) in zip(plans, prompts, chunk, strict=True):
-            order.append(index)
-            if plan.thinking is None:
-                policies.append(plain_policy(prompt, plan))
-                continue
-            encoded = Encoded.of(plan, encode)
-            budget = thinking_budget(plan, encoded, longest)
-            detok = engine_text(
-                tokenizer, Sampling.build(1, {k: plan.thinking[k] for k in plan.thinking if "special" in k})
-            )
-            policies.append(s1_policy(prompt, plan, encoded, budget, detok))
-    for index, response in zip(order, drive(policies, run_steps), strict=True):
-        responses[index] = response
-        if cache_hook is not None:
-            cache_hook.add_partial("generate_until", requests[index].args, response)
-    return responses

@@ -130,10 +130,14 @@ def _as_bool(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Step:
-    """One generation a policy asks for: continue ``prefix`` under ``params`` (vLLM semantics)."""
+    """One generation a policy asks for: continue ``prefix`` under ``params`` (vLLM semantics).
+
+    ``final`` marks the answer generation: s1 runs every thinking round of a batch before the batch's answers.
+    """
 
     prefix: list[int]
     params: Sampling
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -363,7 +367,7 @@ def s1_policy(prompt_ids: list[int], plan: Plan, encoded: Encoded, budget: int, 
         marker = end
         answer_prefix = prefix + thinking + encoded.end
     answer_params = Sampling.build(plan.max_gen_toks, plan.answer, stop=tuple(plan.until))
-    out = yield Step(answer_prefix, answer_params)
+    out = yield Step(answer_prefix, answer_params, final=True)
     head = start + shown + marker
     return ThinkingResponse(
         head + out.text,
@@ -391,16 +395,21 @@ def _cut_text(segments: list[tuple[list[int], str]], budget: int, context: list[
 
 def plain_policy(prompt_ids: list[int], plan: Plan) -> Policy:
     """No thinking: stock lm-eval vLLM's one generation (used for seeded requests, so each gets its own seed)."""
-    out = yield Step(list(prompt_ids), Sampling.build(plan.max_gen_toks, plan.answer, stop=tuple(plan.until)))
+    out = yield Step(list(prompt_ids), Sampling.build(plan.max_gen_toks, plan.answer, stop=tuple(plan.until)), True)
     return out.text
 
 
 def drive(policies: list[Policy], run_steps: Callable[[list[Step]], list[StepOutput]]) -> list[str]:
-    """Advance all policies in lock-step; each round, ``run_steps`` runs the pending steps as one batch."""
+    """Advance one batch's policies as s1 does: each round, one ``run_steps`` call with every pending thinking step in
+    request order; the answer steps wait until no thinking is left and then run as one call, as s1's do.
+
+    Equal calls matter beyond semantics: an engine's numerics (and unseeded sampling) can depend on the batch.
+    """
     results: list[str | None] = [None] * len(policies)
     pending = {i: next(p) for i, p in enumerate(policies)}
     while pending:
-        order = sorted(pending)
+        thinking = [i for i in sorted(pending) if not pending[i].final]
+        order = thinking or sorted(pending)
         outputs = run_steps([pending[i] for i in order])
         for i, output in zip(order, outputs, strict=True):
             try:
@@ -409,3 +418,9 @@ def drive(policies: list[Policy], run_steps: Callable[[list[Step]], list[StepOut
                 results[i] = done.value
                 del pending[i]
     return [r for r in results if r is not None]
+
+
+def is_driven(gen_kwargs: dict[str, Any] | None) -> bool:
+    """Requests the policies run: budget-forced ones, and seeded ones (each request gets its own seed)."""
+    kwargs = gen_kwargs or {}
+    return wants_thinking(kwargs) or kwargs.get("seed") is not None

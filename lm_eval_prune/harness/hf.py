@@ -43,7 +43,8 @@ class PrunedHFLM(PruneResultMixin, HFLM):
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """lm-eval's generation, plus s1 budget forcing (and per-request seeds) for requests whose gen_kwargs ask."""
-        from lm_eval_prune.generation.drivers import budget_forced_generate_until, hf_run_steps
+        from lm_eval_prune.generation.drivers import hf_run_steps
+        from lm_eval_prune.harness.budget import budget_forced_generate_until
 
         rows = self.batch_size if isinstance(self.batch_size, int) else 8  # rows per model.generate call
         return budget_forced_generate_until(

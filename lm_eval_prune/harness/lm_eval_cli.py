@@ -49,5 +49,14 @@ def run_lm_eval(args: Sequence[str]) -> None:
     sys.argv = ["lm_eval", *args]
     try:
         cli_evaluate()
+    except ValueError as exc:
+        if not str(exc).startswith("Tasks not found"):
+            raise
+        ours = ", ".join(sorted(p.stem for p in tasks_dir().glob("tts_*.yaml")))
+        print(
+            f"Error: {str(exc).splitlines()[0]} (this package's tasks: {ours}; lm-eval's: lm_eval ls tasks)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     finally:
         sys.argv = saved

@@ -36,9 +36,16 @@ def check_model_args(model_name: str, model_args: str | dict[str, Any] | None) -
 
     Also checks the files the settings name (exist, right kind, not empty), all without loading the model.
     """
-    from lm_eval_prune.store.pipeline import check_sources, split_model_args
+    from lm_eval_prune.store.pipeline import check_cache, check_sources, split_model_args
 
     kwargs = parse_model_args(model_args)
+    pretrained = kwargs.get("pretrained")
+    if not isinstance(pretrained, str) or not pretrained.strip():
+        raise PruneConfigError(
+            f"{model_name} needs pretrained=MODEL in --model_args (a Hub id or a model directory); "
+            f"got {'nothing' if pretrained is None else repr(pretrained)}"
+        )
+    check_dtype(model_name, kwargs.get("dtype"))
     if model_name == "pruned-vllm":
         kwargs.pop("vllm_seed", None)
         try:
@@ -49,8 +56,36 @@ def check_model_args(model_name: str, model_args: str | dict[str, Any] | None) -
         from lm_eval_prune.harness.hf import HFLM_KEYS as passthrough
     request, _ = split_model_args(kwargs, passthrough)
     if not request.dense:
+        from lm_eval_prune.store.cache import builder_rank
+
         check_sources(request.config)
+        check_cache(request)
+        builder_rank()  # RANK / WORLD_SIZE / the wait, as numbers (lm-eval's own int() of them is a traceback)
     return request
+
+
+HF_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")
+VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")
+
+
+def check_dtype(model_name: str, dtype: Any) -> None:
+    """``dtype=`` of the model args: a floating type the model class can load (int8 or a typo fails deep inside)."""
+    if dtype is None:
+        return
+    allowed = VLLM_DTYPES if model_name == "pruned-vllm" else HF_DTYPES
+    if str(dtype) not in allowed:
+        raise PruneConfigError(f"dtype={dtype!r} is not allowed; use {', '.join(allowed)}")
+
+
+def check_twice(model_args: dict[str, Any], arguments: dict[str, Any]) -> None:
+    """lm-eval passes ``--device``, ``--batch_size`` and ``--max_batch_size`` to the model as keywords: the same key
+    in --model_args too is a TypeError inside lm-eval ("got multiple values")."""
+    for key in ("device", "batch_size", "max_batch_size"):
+        if arguments.get(key) is not None and key in model_args:
+            raise PruneConfigError(
+                f"{key} is given twice: --{key} {arguments[key]} and {key}={model_args[key]} in --model_args; "
+                f"give it once, as --{key}"
+            )
 
 
 def top_level(loaded: dict[str, Any]) -> list[Any]:
@@ -85,12 +120,48 @@ def check_generation(model_args: dict[str, Any], tasks: dict[str, Any], gen_kwar
     except Exception:  # the model's own load names a missing or broken tokenizer better
         return
     for task in generating:
-        check_thinking_markers(tokenizer, {**(task.get_config("generation_kwargs") or {}), **user})
+        merged = {**(task.get_config("generation_kwargs") or {}), **user}
+        check_thinking_markers(tokenizer, merged)
+        check_gen_kwargs(tokenizer, merged)
+
+
+def check_gen_kwargs(tokenizer: Any, gen_kwargs: dict[str, Any]) -> None:
+    """Parse a task's gen_kwargs as the model will for each request (unknown keys, budgets, numbers), so a typo in
+    --gen_kwargs is one line before the model loads and prunes, not a traceback at the first request."""
+    try:
+        from lm_eval_prune.generation import protocol
+    except ImportError:
+        return
+    parse, build = getattr(protocol, "parse_gen_kwargs", None), getattr(protocol, "Sampling", None)
+    if parse is None or list(inspect.signature(parse).parameters)[:4] != [
+        "gen_kwargs",
+        "eos_text",
+        "default_max_gen_toks",
+        "tokenizer",
+    ]:
+        return  # another protocol version: the model checks at generation time
+    try:
+        plan = parse(gen_kwargs, str(getattr(tokenizer, "eos_token", "") or ""), 256, tokenizer)
+        if build is not None and hasattr(build, "build"):
+            build.build(max(int(plan.max_gen_toks), 1), dict(getattr(plan, "answer", {}) or {}))
+            thinking = dict(getattr(plan, "thinking", None) or {})
+            budget = thinking.pop("max_tokens", 1)
+            if thinking or budget != 1:
+                build.build(1 if str(budget) == "auto" else max(int(budget), 1), thinking)
+    except PruneConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        culprits = [f"{k}={v}" for k, v in gen_kwargs.items() if k != "until" and repr(str(v)) in str(exc)]
+        shown = culprits[0] if culprits else ",".join(f"{k}={v}" for k, v in gen_kwargs.items() if k != "until")
+        raise PruneConfigError(
+            f"gen_kwargs {shown[:200]} is not allowed: a number is expected ({str(exc)[:120]})"
+        ) from None
 
 
 def prepare(arguments: dict[str, Any]) -> None:
     """(a)-(c) on ``simple_evaluate``'s bound arguments, which get the built tasks and the task manager."""
     check_model_args(arguments["model"], arguments.get("model_args"))
+    check_twice(parse_model_args(arguments.get("model_args")), arguments)
     tasks = arguments.get("tasks")
     if not tasks:
         return  # simple_evaluate's own error

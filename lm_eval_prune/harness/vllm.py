@@ -45,7 +45,9 @@ class PrunedVLLM(PruneResultMixin, VLLM):
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """lm-eval's generation, plus s1 budget forcing (batched as s1 batches it) where gen_kwargs ask for it."""
         from lm_eval_prune.errors import PruneConfigError
-        from lm_eval_prune.generation.drivers import budget_forced_generate_until, is_driven, vllm_run_steps
+        from lm_eval_prune.generation.drivers import vllm_run_steps
+        from lm_eval_prune.generation.protocol import is_driven
+        from lm_eval_prune.harness.budget import budget_forced_generate_until
 
         if getattr(self, "data_parallel_size", 1) > 1:
             if any(is_driven(request.args[1]) for request in requests):

@@ -8,7 +8,6 @@ many clusters) is lifted for this command's Hub calls only: publishing is the po
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import re
@@ -21,6 +20,7 @@ from typing import Any
 
 from lm_eval_prune.engine.report import REPORT_NAME, PruneReport
 from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.hashing import file_sha256
 from lm_eval_prune.publish.results import NotResults, Run, read_run
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,36 @@ def check_repo_id(repo_id: str) -> None:
         except HFValidationError as exc:
             problem = str(exc).splitlines()[0].rstrip(".")
     if problem:
+        shown = repo_id if len(repo_id) <= 100 else repo_id[:60] + "..."
+        problem = problem.replace(f": '{repo_id}'", "")
+        raise PublishError(f"repo id {shown!r} is invalid ({problem}); use USER/NAME (letters, digits, '-', '_', '.')")
+
+
+_LICENSE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$")
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[/.-]|[/.]$|\.lock$|/\.")
+
+
+def check_publish_options(revision: str | None, license_id: str | None, base_model: str | None) -> None:
+    """``--revision`` a valid git branch name, ``--license`` a license id, ``--base-model`` a Hub id: checked with
+    the repo id, before anything is read or sent (a dry run would otherwise pass what the upload refuses)."""
+    if revision is not None and (not revision or _BAD_REF.search(revision) or len(revision) > 200):
         raise PublishError(
-            f"repo id {repo_id!r} is invalid ({problem}); use USER/NAME (letters, digits, '-', '_', '.')"
+            f"--revision {revision!r} is not a valid branch name (no spaces, '..', '~', '^', ':', '?', '*', '[', "
+            "'\\', and it cannot start with '-' or '.' or end with '/', '.' or '.lock')"
         )
+    if license_id is not None and not _LICENSE_RE.match(license_id):
+        raise PublishError(
+            f"--license {license_id!r} is not a license id (letters, digits, '.', '+', '_', '-'; e.g. apache-2.0, mit)"
+        )
+    if base_model is not None:
+        if base_model.count("/") != 1 or not _HUB_ID.match(base_model):
+            raise PublishError(f"--base-model {base_model!r} is not a Hub model id; use ORG/NAME")
+        try:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            validate_repo_id(base_model)
+        except HFValidationError:
+            raise PublishError(f"--base-model {base_model!r} is not a Hub model id; use ORG/NAME") from None
 
 
 def load_checkpoint_report(directory: str | Path) -> PruneReport:
@@ -132,11 +159,7 @@ def hub_base_model(report: PruneReport, override: str | None) -> str | None:
 
 def _sha256(path: Path) -> str | None:
     try:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 
@@ -553,6 +576,7 @@ def publish(
         on_note(line)
 
     check_repo_id(repo_id)
+    check_publish_options(revision, license_id, base_model)
     if create_pr and revision:
         raise PublishError(f"--create-pr opens a pull request against the default branch; drop --revision {revision!r}")
     folder = Path(directory)

@@ -216,10 +216,11 @@ def leaderboard(
     ``on_skip`` (stderr by default). A missing matplotlib fails before any file is read.
     """
     check_format(fmt)
-    if plot_path:
-        from lm_eval_prune.publish.plots import require_matplotlib
+    if plot_path is not None:
+        from lm_eval_prune.publish.plots import check_plot_path, require_matplotlib
 
         require_matplotlib()
+        check_plot_path(plot_path)
     skipped: list[str] = []
 
     def skip(line: str) -> None:

@@ -22,6 +22,44 @@ def require_matplotlib() -> None:
         raise PruneConfigError(MATPLOTLIB_MISSING) from None
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """``--plot PATH`` before any work: a file name of a format matplotlib writes, whose folder exists (created if
+    missing) and takes a new file. A failure after an hour of scoring would lose the plot, not the run."""
+    import os
+
+    text = os.fspath(path)
+    target = Path(text).expanduser()
+    if not str(text).strip():
+        raise PruneConfigError("--plot '' is empty; give a file name such as scores.png")
+    if target.is_dir():
+        raise PruneConfigError(f"--plot {text!r} is a folder; give a file name such as {text.rstrip('/')}/plot.png")
+    if target.suffix.lower() not in PLOT_SUFFIXES:
+        raise PruneConfigError(f"--plot {text!r} must end in one of {', '.join(PLOT_SUFFIXES)}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PruneConfigError(f"--plot {text!r}: its folder cannot be created ({exc.strerror or exc})") from None
+    if not os.access(target.parent, os.W_OK):
+        raise PruneConfigError(f"--plot {text!r}: its folder is not writable")
+    return target
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    """Write the figure beside ``path`` first, then rename it into place (a kill leaves the old plot or none)."""
+    import os
+
+    target = Path(path).expanduser()
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}{target.suffix}")
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _pyplot() -> Any:
     require_matplotlib()
     import matplotlib
@@ -97,7 +135,7 @@ def plot_leaderboard(table: Table, path: str | Path) -> None:
     """Save :func:`leaderboard_figure` as a PNG."""
     plt = _pyplot()
     fig = leaderboard_figure(table)
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -135,5 +173,5 @@ def plot_layer_scores(
     """Save :func:`layer_scores_figure` as a PNG."""
     plt = _pyplot()
     fig = layer_scores_figure(scores, sparsities, kind, title, target)
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)

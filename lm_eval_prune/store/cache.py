@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.hashing import file_sha256
 from lm_eval_prune.store.checkpoint import atomic_directory, clean_stale
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,6 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lm_eval_prune"
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read now (verification must see what is on disk, not a memo)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 23), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class PruneCache:
     """Entries are ``ROOT/<key>/``: a full checkpoint plus ``prune_report.json`` and a manifest of file hashes."""
 
@@ -61,6 +52,26 @@ class PruneCache:
             return None
         return cls(setting)
 
+    def check_usable(self) -> None:
+        """The root is a directory this process can write in (created if missing): one line naming the setting
+        otherwise, before any weights load (a file there, or a read-only folder, would fail only after the prune)."""
+        import secrets
+
+        where = self.root
+        origin = "LM_EVAL_PRUNE_CACHE" if os.environ.get("LM_EVAL_PRUNE_CACHE") == str(self.root) else "prune cache"
+        hint = "; point prune_cache= (or $LM_EVAL_PRUNE_CACHE) at a writable folder, or prune_cache=none"
+        if os.path.lexists(where) and not where.is_dir():
+            raise PruneConfigError(f"{origin} {str(where)!r} exists and is not a directory{hint}")
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            probe = where / f".probe-{os.getpid()}-{secrets.token_hex(4)}"
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as exc:
+            raise PruneConfigError(
+                f"{origin} {str(where)!r} cannot be written ({exc.strerror or type(exc).__name__}){hint}"
+            ) from None
+
     def entry(self, key: str) -> Path:
         return self.root / key
 
@@ -68,7 +79,10 @@ class PruneCache:
         from filelock import FileLock
 
         self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / f".{key}.lock"))
+        path = self.root / f".{key}.lock"
+        if os.path.lexists(path) and not path.is_file():
+            raise PruneConfigError(f"prune cache lock {str(path)!r} is not a file; remove it (no run is using it)")
+        return FileLock(str(path))
 
     def lookup(self, key: str) -> Path | None:
         """The verified entry, or None; a damaged entry is removed with a warning (so it gets rebuilt)."""

@@ -29,6 +29,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 # Temporary siblings of OUT: ".OUT.<kind>-<host>-<pid>-<start>-<rand>"; host = boot id + PID namespace, start = the
 # owner's start time in clock ticks, so a later run can tell a dead owner's leftovers from a live writer's.
 TEMP_KINDS = ("tmp", "old", "swap", "probe")
+MAX_NAME_BYTES = 180  # of OUT's last component: its temporaries ".OUT.<kind>-<tag>" must fit in NAME_MAX (255)
 _TEMP_RE = re.compile(
     r"^\.(?P<name>.+)\.(?P<kind>tmp|old|swap|probe)-"
     r"(?P<tag>(?P<host>[0-9a-f]{8}-[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-z]{8})$"
@@ -334,7 +335,26 @@ def output_path(out: str | Path) -> Path:
     final = Path(os.path.realpath(os.path.expanduser(text)))
     if final.name in ("", ".", ".."):
         raise PruneConfigError(f"output {str(text)!r} is the filesystem root; give a directory to create or replace")
+    if len(os.fsencode(final.name)) > MAX_NAME_BYTES:
+        raise PruneConfigError(
+            f"output name {final.name[:40]!r}... is {len(os.fsencode(final.name))} bytes long; at most "
+            f"{MAX_NAME_BYTES} are allowed (its temporary siblings add about 70 to the filesystem's 255)"
+        )
     return final
+
+
+def check_not_source(out: str | Path, model: str) -> None:
+    """OUT must not be the local model directory being pruned, nor a folder holding it: replacing it would delete
+    the base model (and the weights being read)."""
+    local = Path(model).expanduser()
+    if not str(model).strip() or not local.exists():
+        return
+    source, final = Path(os.path.realpath(local)), output_path(out)
+    if final == source or final in source.parents:
+        what = "is" if final == source else "holds"
+        raise PruneConfigError(
+            f"output {str(out)!r} {what} the model directory {model!r} being pruned; write the checkpoint elsewhere"
+        )
 
 
 def _make_parent(final: Path, out: str | Path) -> None:
@@ -525,9 +545,10 @@ def check_model_dir(path: Path) -> None:
         raise PruneConfigError(f'model config {str(config_file)!r} has no model_type (e.g. "llama")')
 
 
-def check_model_weights(path: Path) -> None:
+def check_model_weights(path: Path, model_config: Any = None) -> None:
     """One-line PruneConfigError for missing, truncated or foreign weight files of a local model directory (headers
-    and sizes only: no tensor is read)."""
+    and sizes only: no tensor is read). With ``model_config``, the tensors the model needs must be there with their
+    shapes: transformers would otherwise fill a missing one with random values and prune those."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -542,6 +563,46 @@ def check_model_weights(path: Path) -> None:
         problem = "is missing" if not (path / shard).is_file() else safetensors_problem(path / shard)
         if problem:
             raise PruneConfigError(f"model weights {str(path / shard)!r} {problem}")
+    if model_config is not None and shards:
+        check_weight_names(path, shards, model_config)
+
+
+def _header(path: Path) -> dict[str, Any]:
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    return {name: meta for name, meta in header.items() if name != "__metadata__" and isinstance(meta, dict)}
+
+
+def check_weight_names(path: Path, shards: list[str], model_config: Any) -> None:
+    """Every parameter of the model (built on the meta device: no memory) is in the shards' headers, with its shape.
+
+    Checked only when the names follow the model's own (most of them match): a checkpoint in another naming scheme
+    is left to transformers' conversion.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config)
+    except Exception:  # an unusual config: transformers' own load will say what is wrong
+        return
+    expected = {name: tuple(param.shape) for name, param in model.named_parameters()}
+    stored: dict[str, Any] = {}
+    for shard in shards:
+        stored.update(_header(path / shard))
+    if len(set(expected) & set(stored)) < len(expected) / 2:
+        return
+    for name, shape in expected.items():
+        meta = stored.get(name)
+        if meta is None:
+            raise PruneConfigError(f"model weights in {str(path)!r} lack {name} (the model needs it; re-download them)")
+        if tuple(meta.get("shape", ())) != shape:
+            raise PruneConfigError(
+                f"model weights in {str(path)!r}: {name} has shape {tuple(meta.get('shape', ()))}, "
+                f"the config implies {shape}"
+            )
 
 
 def load_config_and_tokenizer(model_id: str, revision: str | None = None) -> tuple[Any, Any]:
@@ -567,7 +628,7 @@ def load_config_and_tokenizer(model_id: str, revision: str | None = None) -> tup
         raise PruneConfigError(f"model {model_id!r} has an unusable config: {_first_line(exc)}") from None
     check_architecture(config)
     if local.exists():
-        check_model_weights(local)
+        check_model_weights(local, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -591,8 +652,19 @@ def load_model(model_id: str, dtype: str, device: str | None, revision: str | No
         check_model_dir(local)
         check_model_weights(local)
     try:
-        return AutoModelForCausalLM.from_pretrained(model_id, revision=revision, dtype=torch_type, device_map=device)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            model_id, revision=revision, dtype=torch_type, device_map=device, output_loading_info=True
+        )
+        model, info = loaded
     except (OSError, SafetensorError, json.JSONDecodeError) as exc:
         raise PruneConfigError(f"model {model_id!r} weights cannot be loaded: {_first_line(exc)}") from None
     except ValueError as exc:
         raise PruneConfigError(f"model {model_id!r} cannot be loaded: {_first_line(exc)}") from None
+    except RuntimeError as exc:
+        if "mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
+            raise
+        raise PruneConfigError(f"model {model_id!r} weights do not match the shapes its config implies") from None
+    missing = sorted((info or {}).get("missing_keys") or [])
+    if missing:
+        raise PruneConfigError(f"model {model_id!r} weights lack {missing[0]} (transformers would fill it at random)")
+    return model

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_prune.engine.config import HUB_CALIBRATION_SETS, SOURCE_FIELDS, SOURCE_PREFIXES, PruneConfig
+from lm_eval_prune.hashing import file_sha256 as _sha
 
 _CALIBRATION_SETTINGS = (
     "calibration",
@@ -24,7 +25,11 @@ _CALIBRATION_SETTINGS = (
     "trace_field",
     "calib_gen_tokens",
 )
-_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """Memoised per process: an identity hashes the same files several times per run."""
+    return _sha(path, memo=True)
 
 
 @dataclass(frozen=True)
@@ -34,19 +39,6 @@ class BaseModel:
     pretrained: str
     revision: str | None = None
     dtype: str = "auto"
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised in this process by (resolved path, size, mtime_ns)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 23), b""):
-                digest.update(chunk)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
 
 
 def source_identity(source: str) -> str | None:

@@ -19,6 +19,7 @@ from lm_eval_prune.errors import PruneConfigError
 from lm_eval_prune.store.cache import PruneCache, builder_rank
 from lm_eval_prune.store.identity import (
     BaseModel,
+    digest,
     file_sha256,
     layerif_identity,
     model_identity,
@@ -72,28 +73,34 @@ def split_model_args(
     return PruneRequest(config, PruneCache.from_setting(cache_setting, cache_given)), rest
 
 
+def check_cache(request: PruneRequest) -> None:
+    """The prune cache a non-dense request will write to is a writable folder (checked before anything loads)."""
+    if request.cache is not None and not request.dense:
+        request.cache.check_usable()
+
+
+def check_cli_cache(config: PruneConfig, cache: PruneCache | None) -> None:
+    """The CLI doors keep only LayerIF scores and self: traces in the cache: it is checked when it will be written,
+    so a damaged ``$LM_EVAL_PRUNE_CACHE`` fails in one line before the work, and never stops a run that skips it."""
+    sources = (config.calibration, config.layerif_train, config.layerif_val)
+    computes_scores = config.alloc == "layerif" and not config.layerif_scores
+    if cache is not None and not config.is_dense and (computes_scores or any(s.startswith("self:") for s in sources)):
+        cache.check_usable()
+
+
 def check_sources(config: PruneConfig) -> None:
     """Every file the settings name exists, is of its kind and is readable: checked before anything loads."""
-    from lm_eval_prune.engine import calibration
-
-    check_source = getattr(calibration, "check_source", _exists)
+    from lm_eval_prune.engine.calibration import check_source
 
     uses_calibration = config.needs_calibration or (config.alloc == "layerif" and not config.layerif_scores)
     for name in ("calibration", "layerif_train", "layerif_val"):
         value = getattr(config, name)
         if value and (name != "calibration" or uses_calibration):
-            check_source(name, value)
+            check_source(name, value, config.trace_field)
     if config.layerif_scores:
         path = Path(config.layerif_scores)
         if not path.is_file():
             raise PruneConfigError(f"layerif_scores file {config.layerif_scores!r} does not exist")
-
-
-def _exists(name: str, value: str) -> None:
-    from lm_eval_prune.engine.config import HUB_CALIBRATION_SETS
-
-    if value not in HUB_CALIBRATION_SETS and not Path(value).is_file():
-        raise PruneConfigError(f"{name} file {value!r} does not exist")
 
 
 def check_before_load(config: PruneConfig, model_config: Any) -> None:
@@ -163,7 +170,21 @@ def layer_scores_for(
     path = None
     if cache_root is not None and not config.layerif_scores:
         path = cache_root / "layerif" / f"{layerif_identity(config, model_id, _device_type(config))}.json"
-    return cached_layerif_scores(model, tokenizer, config, path, positives)
+    traces = cache_root / "self-traces" if cache_root is not None else None
+    return cached_layerif_scores(model, tokenizer, config, path, positives, traces, digest(model_id))
+
+
+def calibration_for(
+    config: PruneConfig, tokenizer: Any, model: Any, cache_root: Path | None, model_id: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Calibration ids and their provenance; ``self:`` sources need the loaded dense model (its traces are cached)."""
+    from lm_eval_prune.engine.calibration import calibration_tokens
+
+    if not config.needs_calibration:
+        return None, {}
+    traces = cache_root / "self-traces" if cache_root is not None else None
+    tokens = calibration_tokens(config, tokenizer, model=model, cache_dir=traces, model_key=digest(model_id))
+    return tokens.ids, tokens.info
 
 
 def _prune(
@@ -178,8 +199,14 @@ def _prune(
 ) -> PruneReport:
     from lm_eval_prune.engine.pruner import prune_
 
+    info: dict[str, Any] = {}
+    if calibration is None:
+        calibration, info = calibration_for(config, tokenizer, model, cache_root, model_id)
+    elif isinstance(calibration, tuple):
+        calibration, info = calibration
     scores = layer_scores_for(model, tokenizer, config, cache_root, model_id)
     report = prune_(model, config, tokenizer, calibration=calibration, layer_scores=scores)
+    report.calibration.update({k: v for k, v in info.items() if k != "source"})
     _stamp(report, config, base, identity)
     return report
 
@@ -205,6 +232,7 @@ def prune_in_place(model: Any, tokenizer: Any, base: BaseModel, request: PruneRe
     from lm_eval_prune.engine.pruner import check_model_fits, prune_
     from lm_eval_prune.store.checkpoint import load_linear_weights_, write_checkpoint
 
+    check_cache(request)
     device = next(model.parameters()).device
     config = request.config.replace(device=str(device)) if request.config.device == "auto" else request.config
     check_model_fits(model, config)
@@ -281,6 +309,7 @@ def pruned_checkpoint(base: BaseModel, request: PruneRequest) -> PipelineResult:
     """
     from lm_eval_prune.store.checkpoint import load_config_and_tokenizer, load_model, write_checkpoint
 
+    check_cache(request)
     model_config, tokenizer = load_config_and_tokenizer(base.pretrained, base.revision)
     check_before_load(request.config, model_config)
     device_type = _device_type(request.config)
@@ -319,17 +348,25 @@ def prune_to_directory(
 
     ``cache`` is used for LayerIF scores only (the checkpoint goes to ``out``).
     """
-    from lm_eval_prune.engine.calibration import load_calibration
     from lm_eval_prune.engine.pruner import resolve_device
-    from lm_eval_prune.store.checkpoint import check_output_dir, load_config_and_tokenizer, load_model, save_pruned
+    from lm_eval_prune.store.checkpoint import (
+        check_not_source,
+        check_output_dir,
+        load_config_and_tokenizer,
+        load_model,
+        save_pruned,
+    )
 
+    check_not_source(out, base.pretrained)
     out = check_output_dir(out, overwrite)
+    check_cli_cache(config, cache)
     model_config, tokenizer = load_config_and_tokenizer(base.pretrained, base.revision)
     check_before_load(config, model_config)
     device = resolve_device(config.device)
     model_id = model_identity(base, model_config)
     identity = prune_identity(config, model_id, device.type)
-    calibration = load_calibration(config, tokenizer) if config.needs_calibration else None  # data errors first
+    early = config.needs_calibration and not config.calibration.startswith("self:")  # data errors before weights
+    calibration = calibration_for(config, tokenizer, None, cache.root if cache else None, model_id) if early else None
     log.info("loading %s", base.pretrained)
     model = load_model(
         base.pretrained, base.dtype, None if config.offload or device.type == "cpu" else str(device), base.revision
@@ -353,16 +390,19 @@ class LayerScores:
 def compute_layer_scores(
     base: BaseModel, config: PruneConfig, kind: ScoreKind, cache: PruneCache | None = None
 ) -> LayerScores:
-    """``lm-eval-prune layer-scores``: LayerIF influence (cached), ShortGPT's Block Influence or AlphaPruning's alpha."""
+    """``lm-eval-prune layer-scores``: LayerIF influence (cached), ShortGPT's Block Influence or AlphaPruning alpha."""
     from lm_eval_prune.engine import allocation
-    from lm_eval_prune.engine.calibration import load_calibration
     from lm_eval_prune.engine.pruner import resolve_device
     from lm_eval_prune.store.checkpoint import load_config_and_tokenizer, load_model
 
+    check_cli_cache(config, cache)
     model_config, tokenizer = load_config_and_tokenizer(base.pretrained, base.revision)
     check_before_load(config, model_config)
     device = resolve_device(config.device)
-    ids = load_calibration(config, tokenizer) if kind == "block-influence" else None  # data errors before weights
+    model_id = model_identity(base, model_config)
+    cache_root = cache.root if cache else None
+    early = kind == "block-influence" and not config.calibration.startswith("self:")
+    ids, _ = calibration_for(config, tokenizer, None, cache_root, model_id) if early else (None, {})
     model = load_model(base.pretrained, base.dtype, None if device.type == "cpu" else str(device), base.revision)
     from lm_eval_prune.engine.model_utils import block_linear_params, decoder_blocks
 
@@ -381,7 +421,7 @@ def compute_layer_scores(
     if kind == "layerif":
         positives: list[int] = []
         cache_root = cache.root if cache else None
-        scores = layer_scores_for(model, tokenizer, config, cache_root, model_identity(base, model_config), positives)
+        scores = layer_scores_for(model, tokenizer, config, cache_root, model_id, positives)
         sparsities = allocation.layerif(scores or [], config.sparsity, config.layerif_eps, params)
         return LayerScores(kind, scores or [], sparsities, positives)
     import torch
@@ -389,7 +429,8 @@ def compute_layer_scores(
     from lm_eval_prune.engine.layer_scores import block_influence
     from lm_eval_prune.engine.sequential import capture_block_inputs
 
-    assert ids is not None
+    if ids is None:  # self: traces need the loaded model
+        ids, _ = calibration_for(config, tokenizer, model, cache_root, model_id)
     model.eval()
     with torch.no_grad():
         inputs = capture_block_inputs(model, ids, config.calib_batch_size, device)

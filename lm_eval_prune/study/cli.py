@@ -48,9 +48,15 @@ def run_study(
     shard_text: str | None = None,
     executor: str = "local",
     echo: Any = click.echo,
+    plots: bool | None = None,
 ) -> list[RunRecord]:
-    """Check, plan, (run), write the manifest and, once the whole plan is done, the leaderboard."""
+    """Check, plan, (run), write the manifest and, once the whole plan is done, the leaderboard, the paired
+    comparison and the plots (``plots``: True needs matplotlib, checked first; None: when it is installed)."""
     shard_spec = parse_shard(shard_text)
+    if plots:
+        from lm_eval_prune.publish.plots import require_matplotlib
+
+        require_matplotlib()
     check_environment(spec)
     every = expand(spec)
     units = shard(every, shard_spec)
@@ -95,6 +101,7 @@ def run_study(
     echo(f"thinking tokens generated {totals[0]:,}, reused from larger budgets {totals[1]:,}; manifest {path}")
     if all(run.done(out) for unit in every for run in unit.runs):
         _leaderboard(out, echo)
+        _reports(out, echo, plots)
     if failed:
         raise click.ClickException(f"{len(failed)} runs failed; their logs: {failed[0].log} ...; re-run to redo them")
     return list(records.values())
@@ -113,14 +120,30 @@ def _leaderboard(out: Path, echo: Any) -> None:
     from lm_eval_prune.publish.leaderboard import leaderboard
     from lm_eval_prune.study.runner import write_atomically
 
-    plot: Path | None = out / "leaderboard.png"
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        plot = None
+    plot: Path | None = out / "leaderboard.png" if _has_matplotlib() else None
     table = leaderboard([out / "runs"], "markdown", "exact_match", plot, on_skip=lambda line: None)
     write_atomically(out / "leaderboard.md", table + "\n")
     echo(table)
+
+
+def _reports(out: Path, echo: Any, plots: bool | None) -> None:
+    """The paired comparison with dense (``comparison.md``/``.json``) and the accuracy plots."""
+    from lm_eval_prune.study.compare import markdown, write_comparison
+
+    rows = write_comparison(out)
+    echo(markdown(rows))
+    if plots is False or (plots is None and not _has_matplotlib()):
+        return
+    from lm_eval_prune.study.plots import write_plots
+
+    for path in write_plots(out):
+        echo(f"plot {path}")
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def units_of(spec: StudySpec, shard_text: str | None) -> list[Unit]:
@@ -137,6 +160,7 @@ def units_of(spec: StudySpec, shard_text: str | None) -> list[Unit]:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--output", "output", type=click.Path(file_okay=False), help="results folder (default: the study's)")
 @click.option("--ladder/--no-ladder", default=None, help="derive smaller budgets from the largest (default: study's)")
+@click.option("--plots/--no-plots", default=None, help="accuracy plots at the end (default: when matplotlib is there)")
 def study(
     study_file: str | None,
     preset_name: str | None,
@@ -147,6 +171,7 @@ def study(
     executor: str,
     output: str | None,
     ladder: bool | None,
+    plots: bool | None,
 ) -> None:
     """Run a pruning x thinking-budget grid (STUDY.yaml or --preset): resumable, shardable, one engine per variant."""
     try:
@@ -156,6 +181,6 @@ def study(
         out = output or spec.output
         if out is None:
             raise PruneConfigError("give --output DIR (or output: in the study file)")
-        run_study(spec, Path(out), dry_run=dry_run, shard_text=shard_text, executor=executor)
+        run_study(spec, Path(out), dry_run=dry_run, shard_text=shard_text, executor=executor, plots=plots)
     except PruneConfigError as exc:
         raise click.UsageError(str(exc)) from None

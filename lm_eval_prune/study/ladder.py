@@ -64,15 +64,15 @@ class Counts:
 class StepCache:
     """Records steps and answers the ones a larger ``max_tokens`` already covered (see the module docstring).
 
-    ``enabled=False`` only counts (the separate-runs baseline). ``thinking_budget`` tells which steps are thinking
-    rounds (their ``max_tokens`` is the run's budget), for the counts only.
+    ``enabled=False`` only counts (the separate-runs baseline). Thinking tokens are counted by step kind: every step
+    the policy does not mark ``final`` is a thinking round, so an answer step whose ``max_gen_toks`` equals the budget
+    is still an answer.
     """
 
     def __init__(self, text_of: TextOf, enabled: bool = True) -> None:
         self.text_of, self.enabled = text_of, enabled
         self.record: dict[tuple[tuple[int, ...], Sampling], tuple[int, StepOutput]] = {}
         self.counts = Counts()
-        self.thinking_budget: int | None = None
 
     def clear(self) -> None:
         """Forget the record (between (task, seed) groups: nothing there can match again)."""
@@ -95,7 +95,7 @@ class StepCache:
 
     def _count(self, step: Step, output: StepOutput, served: bool) -> None:
         n = len(output.token_ids)
-        thinking = self.thinking_budget is not None and step.params.max_tokens == self.thinking_budget
+        thinking = not step.final
         c = self.counts
         if served:
             c.served, c.steps_served = c.served + n, c.steps_served + 1

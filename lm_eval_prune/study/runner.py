@@ -209,7 +209,6 @@ def run_unit(
         if (run.task, run.seed) != group:
             lm.step_cache.clear()  # nothing of another (task, seed) can match
             group = (run.task, run.seed)
-        lm.step_cache.thinking_budget = run.budget
         before = lm.step_cache.counts.as_dict()
         log_path = out / LOGS / f"{run.run_id}.log"
         record = RunRecord(run.run_id, unit.key, "failed", log=str(log_path))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS
+from conftest import CORPUS, DATA
 
 from lm_eval_prune.engine import calibration
 from lm_eval_prune.engine.calibration import check_source, load_calibration, sample_stream, tokens_digest
@@ -51,7 +51,16 @@ def test_check_source_accepts_good_sources(tmp_path):
     (tmp_path / "a.txt").write_text("caf\u00e9 " * 40000)  # multi-byte characters across the 64 KiB head
     (tmp_path / "a.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     (tmp_path / "s.json").write_text("[1, 2]")
+    trace = {"question": "q", "deepseek_thinking_trajectory": "t" * 200_000, "deepseek_attempt": "a"}  # > the head
+    (tmp_path / "t.jsonl").write_text(json.dumps(trace) + "\n")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     for name, value in [
+        ("calibration", "s1k"),
+        ("calibration", f"traces:{tmp_path / 't.jsonl'}"),
+        ("layerif_train", f"traces:{tmp_path / 'm.jsonl'}"),
+        ("calibration", f"self:{DATA / 'math500_test.jsonl'}"),
+        ("layerif_val", str(DATA / "math500_test.jsonl")),
+        ("layerif_val", str(tmp_path / "t.jsonl")),
         ("calibration", ""),
         ("calibration", "c4"),
         ("layerif_train", "wikitext2"),
@@ -88,7 +97,8 @@ def test_check_source_refuses_each_bad_file_in_one_line(tmp_path):
         "is not a NumPy .npy file; write it with numpy.save(path, ids)"
     )
     assert message("calibration", "data.csv") == (
-        "calibration='data.csv' is not allowed; use c4, wikitext2 or a path ending in .txt, .jsonl, .pt, .npy"
+        "calibration='data.csv' is not allowed; "
+        "use c4, wikitext2, s1k, traces:PATH, self:PROMPTS or a path ending in .txt, .jsonl, .pt, .npy"
     )
     assert message("layerif_scores", "c4") == "layerif_scores='c4' is not allowed; use a path ending in .json, .npy"
 

@@ -32,8 +32,10 @@ class FakeEngine:
     tokenizer: Any
     max_model_len: int = 512
     calls: list[tuple[tuple[int, ...], str]] = field(default_factory=list)
+    batches: list[list[tuple[int, ...]]] = field(default_factory=list)  # the prompts of each generate call
 
     def generate(self, prompts: list[list[int]], params: dict[str, Any]) -> list[Output]:
+        self.batches.append([tuple(p) for p in prompts])
         return [self.one(list(p), params) for p in prompts]
 
     def one(self, prompt: list[int], params: dict[str, Any]) -> Output:

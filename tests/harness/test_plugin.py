@@ -173,7 +173,7 @@ def guarded_evaluate():
     [
         ("metod=wanda", "Error: unknown model arg 'metod' (did you mean 'method'?)"),
         ("sparsity=abc", "Error: sparsity='abc' is not a valid float"),
-        ("alloc=owll", "Error: unknown alloc 'owll'; allowed: layerif, owl, uniform"),
+        ("alloc=owll", "Error: unknown alloc 'owll'; allowed: alphapruning, layerif, owl, uniform"),
     ],
 )
 def test_guard_turns_bad_model_args_into_one_line_and_exit_2(setup, no_weights, capsys, extra, message):
@@ -280,7 +280,7 @@ def last_line_error(proc: subprocess.CompletedProcess) -> str:
     "extra,message",
     [
         ("metod=wanda", "Error: unknown model arg 'metod' (did you mean 'method'?)"),
-        ("alloc=owll", "Error: unknown alloc 'owll'; allowed: layerif, owl, uniform"),
+        ("alloc=owll", "Error: unknown alloc 'owll'; allowed: alphapruning, layerif, owl, uniform"),
     ],
 )
 def test_console_script_bad_args_print_one_line(setup, extra, message):

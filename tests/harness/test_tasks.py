@@ -189,9 +189,11 @@ def test_pass_and_majority_at_k():
     metrics = utils.process_math500(
         row, [[response("", "\\boxed{5}"), response("", "\\boxed{5.0}"), response("", "\\boxed{4}")]]
     )
-    assert (
-        metrics["maj_at_k"] == 0 or metrics["maj_at_k"] == 1
-    )  # 5 and 5.0 count apart; the first of the tied winners decides
+    assert metrics["maj_at_k"] == 1  # 5 and 5.0 count apart (1 vote each, like 4): first tied winner decides
+    reordered = utils.process_math500(
+        row, [[response("", "\\boxed{4}"), response("", "\\boxed{5}"), response("", "\\boxed{5.0}")]]
+    )
+    assert reordered["maj_at_k"] == 0 and reordered["pass_at_k"] == 1
     assert metrics["thinking_tokens"] == 10 and metrics["forced_waits"] == 1
     assert math_equal("\\frac{1}{2}", "0.5") and math_equal("023", "23") and not math_equal(None, "1")
 
@@ -207,6 +209,7 @@ def test_missing_or_malformed_files_are_named(tmp_path):
         load_rows("math500", {"data_dir": str(tmp_path)})
 
 
+@pytest.mark.slow
 def test_group_runs_end_to_end_through_lm_eval(data_dir, tmp_path):
     from scripted import save_scripted
 

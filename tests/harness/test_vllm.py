@@ -139,3 +139,71 @@ def test_shortgpt_checkpoint_loads_and_generates_in_vllm(tmp_path):
     [text] = lm.generate_until([Request()])
     assert isinstance(text, str)
     assert lm.model.llm_engine.model_config.hf_config.num_hidden_layers == 1
+
+
+def test_pruned_vllm_makes_s1s_engine_calls(tmp_path):
+    """The s1 reference re-implementation (tests/generation/fake_s1.py) run on the same real vLLM engine: same texts,
+    and the same generate calls in the same order, each with the same prompts (numerics can depend on the batch)."""
+    import sys
+    from pathlib import Path
+
+    from scripted import save_scripted
+    from vllm import SamplingParams, TokensPrompt
+
+    from lm_eval_prune.harness.plugin import register
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "generation"))
+    from fake_s1 import s1_generate_until
+
+    register()
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.registry import get_model
+
+    def Request(context, gen_kwargs):  # a real lm-eval request
+        return Instance("generate_until", doc={}, arguments=(context, gen_kwargs), idx=0)
+
+    model_dir = save_scripted(tmp_path / "scripted")
+    lm = get_model("pruned-vllm").create_from_arg_string(
+        f"pretrained={model_dir},method=none,max_model_len=512", {"batch_size": 3}
+    )
+    engine_generate = lm.model.generate
+    ours: list[list[list[int]]] = []
+
+    def logged(prompts, params, **kwargs):
+        ours.append([list(p["prompt_token_ids"]) for p in prompts])
+        return engine_generate(prompts, params, **kwargs)
+
+    lm.model.generate = logged
+    contexts = ["question short", "x x question long", "mute", "endless", "x lines", "question", "x mid", "long"]
+    gens = [
+        {"until": ["."], "do_sample": False, "max_gen_toks": 60, **extra}
+        for extra in (
+            {"max_tokens_thinking": 5},
+            {"max_tokens_thinking": 7, "thinking_n_ignore": 0},
+            {"max_tokens_thinking": 9, "thinking_n_ignore": 2, "thinking_n_ignore_str": "Wait"},
+            {"max_tokens_thinking": "auto", "thinking_n_ignore": 3, "max_gen_toks": 130},
+        )
+    ]
+    pairs = [(c, g) for g in gens for c in contexts]
+    pairs = pairs[1::2] + pairs[::2]  # gen_kwargs groups interleaved, as a task mix would give them
+    got = lm.generate_until([Request(c, g) for c, g in pairs])
+
+    reference: list[list[list[int]]] = []
+
+    class Engine:  # s1's generate calls with s1's SamplingParams defaults for these gen_kwargs
+        def generate(self, prompts, params):
+            if not prompts:
+                return []
+            reference.append([list(p) for p in prompts])
+            sampling = SamplingParams(
+                temperature=0.0, skip_special_tokens=False, spaces_between_special_tokens=False, **params
+            )
+            return engine_generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sampling, use_tqdm=False)
+
+    expected = s1_generate_until(
+        [c for c, _ in pairs], [g for _, g in pairs], Engine(), lm.tokenizer,
+        max_length=512, default_max_gen_toks=lm.max_gen_toks, batch_size=3,
+    )  # fmt: skip
+    assert [str(text) for text in got] == expected
+    assert ours == reference
+    assert len(ours) > 3 * len(gens)  # several batches and rounds per group

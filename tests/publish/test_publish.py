@@ -344,6 +344,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
+@pytest.mark.slow
 def test_cli_never_prints_the_token_and_publishes_with_offline_variables(hub, checkpoint):
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": GOOD_TOKEN, "HF_HUB_OFFLINE": "0"}
     proc = _cli(["publish", str(checkpoint), "--repo-id", "alice/cli", "--dry-run"], env)
@@ -392,6 +393,7 @@ def test_shortgpt_card_lists_the_removed_blocks(hub, tmp_path):
     assert "2 decoder blocks removed (ShortGPT, bi)" in card and "| removed blocks | 1 (BI 0.0123), 3 |" in card
 
 
+@pytest.mark.slow
 def test_publish_and_leaderboard_never_import_torch(hub, checkpoint, tmp_path):
     """Finding 6: a dry-run publish and a leaderboard, in a fresh interpreter, leave torch unimported."""
     code = (

@@ -69,6 +69,7 @@ def write_tree(path: Path, files: dict[str, str]) -> None:
         (path / name).write_text(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mode,step", [("exchange", s) for s in EXCHANGE_STEPS] + [("journal", s) for s in JOURNAL_STEPS]
 )
@@ -94,6 +95,7 @@ def test_overwrite_killed_at_any_step_keeps_old_or_new_out(tmp_path, mode, step)
     assert tree(out) == {"c.txt": "third"} and leftovers(out.parent) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exchange", "journal"])
 def test_overwrite_without_a_kill_replaces_out(tmp_path, mode):
     out = tmp_path / "OUT"
@@ -108,6 +110,7 @@ def wait_ready(proc: subprocess.Popen) -> None:
     assert line.strip() == "ready", proc.stderr.read()
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_write_cleans_up_like_sigint(tmp_path):
     out = tmp_path / "OUT"
     proc = child(WRITER, OUT=str(out), MODE="exchange", STEP="writing")
@@ -138,6 +141,7 @@ def test_sigterm_handler_is_restored_and_a_foreign_one_kept(tmp_path):
         signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.slow
 def test_sigkill_leftovers_go_with_the_next_run_live_ones_stay(tmp_path):
     live = child(WRITER, OUT=str(tmp_path / "LIVE"), MODE="exchange", STEP="writing")
     dead = child(WRITER, OUT=str(tmp_path / "DEAD"), MODE="exchange", STEP="writing")
@@ -334,6 +338,7 @@ def test_the_intact_model_still_loads(stories_path):
     assert config.model_type == "llama" and tokenizer("hi")["input_ids"] and model.config.model_type == "llama"
 
 
+@pytest.mark.slow
 def test_a_killed_store_into_the_cache_is_cleaned_by_the_next_build(tmp_path):
     """SIGKILL in the middle of a cache build leaves .KEY.tmp-*; the next build (same root) removes it."""
     root = tmp_path / "cache"

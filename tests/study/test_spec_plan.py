@@ -175,12 +175,13 @@ def test_step_cache_serves_smaller_budgets_and_counts():
 
     cache = StepCache(lambda step, ids: "cut", enabled=True)
     run = cache.wrap(engine)
-    cache.thinking_budget = 8
     assert run([_step(8)])[0].token_ids == list(range(10, 18))
-    cache.thinking_budget = 4
     out = run([_step(4), Step([7], Sampling(max_tokens=4))])
     assert out[0] == StepOutput([10, 11, 12, 13], "cut", "length") and calls == [[8], [4]]
     assert cache.counts.thinking_generated == 12 and cache.counts.thinking_served == 4
+    # an answer step whose max_gen_toks equals the budget (4) is an answer: counted by kind, not by token limit
+    run([Step([8], Sampling(max_tokens=4), final=True)])
+    assert cache.counts.thinking_generated == 12 and cache.counts.generated == 16
     off = StepCache(lambda step, ids: "", enabled=False)
     run_off = off.wrap(engine)
     run_off([_step(8)])

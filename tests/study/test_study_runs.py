@@ -190,3 +190,29 @@ def test_ray_executor_on_a_local_cluster(ladder_and_separate, world, tmp_path):
         ray.shutdown()
     assert len(records) == 12 and all(r.state == "done" for r in records)
     assert content(tmp_path) == content(outs[True][0])
+
+
+def test_comparison_and_plots_at_the_end_of_a_real_study(ladder_and_separate):
+    """The comparison agrees with lm-eval's own scores of each run; both plots are written beside the table."""
+    from lm_eval_prune.study.compare import compare_study
+
+    out = ladder_and_separate[0][True][0]
+    data = json.loads((out / "comparison.json").read_text())
+    assert [(r["variant"], r["task"], r["budget"]) for r in data["rows"]] == [
+        ("magnitude-uniform-0.1", "tts_aime24", b) for b in (4, 8, 16)
+    ]
+    assert data["resamples"] == 10_000 and "10,000 resamples" in (out / "comparison.md").read_text()
+    scores = content(out)
+    for row in data["rows"]:
+        assert row["problems"] == 6 and row["seeds"] == [0, 1] and row["low"] <= row["difference"] <= row["high"]
+        for variant, key in (("dense", "dense"), (row["variant"], "pruned")):
+            runs = [f"model/{variant}/tts_aime24/budget-{row['budget']}/seed-{s}" for s in (0, 1)]
+            expected = sum(scores[r]["results"]["tts_aime24"]["exact_match,all"] for r in runs) / 2
+            assert row[key] == pytest.approx(expected)
+        assert row["difference"] == pytest.approx(row["pruned"] - row["dense"])
+    assert [vars(r) for r in compare_study(out)] == [
+        {k: v for k, v in r.items() if k != "verdict"} for r in data["rows"]
+    ]
+    pytest.importorskip("matplotlib")
+    for name in ("accuracy_vs_budget.png", "accuracy_vs_tokens.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
