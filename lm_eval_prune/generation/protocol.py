@@ -118,10 +118,18 @@ class Sampling:
             "skip_special_tokens": _as_bool,
             "spaces_between_special_tokens": _as_bool,
         }
-        values = {key: converters[key](value) for key, value in keys.items()}
+        values = {key: _number(key, value, converters[key]) for key, value in keys.items()}
         if values.get("min_tokens", 0) > int(max_tokens):
             raise PruneConfigError(f"gen_kwargs min_tokens={values['min_tokens']} must be <= max_tokens={max_tokens}")
         return cls(max_tokens=int(max_tokens), **values, **extra)
+
+
+def _number(key: str, value: Any, convert: Callable[[Any], Any]) -> Any:
+    """``convert(value)``, or a one-line error naming the gen_kwargs key (``temperature=abc``)."""
+    try:
+        return convert(value)
+    except (TypeError, ValueError, OverflowError):
+        raise PruneConfigError(f"gen_kwargs {key}={value!r} must be a number") from None
 
 
 def _as_bool(value: Any) -> bool:
@@ -176,7 +184,9 @@ def parse_gen_kwargs(
     elif until is not None and not isinstance(until, list | tuple):
         raise PruneConfigError(f"gen_kwargs until={until!r} must be a string or a list of strings")
     until = [*until, eos_text] if until else [eos_text]
-    max_gen_toks = int(kwargs.pop("max_gen_toks", default_max_gen_toks))
+    max_gen_toks = _number("max_gen_toks", kwargs.pop("max_gen_toks", default_max_gen_toks), int)
+    if max_gen_toks < 1:
+        raise PruneConfigError(f"gen_kwargs max_gen_toks={max_gen_toks} must be >= 1")
     do_sample = kwargs.pop("do_sample", None)
     if _as_bool(do_sample) is False and do_sample is not None and "temperature" not in kwargs:
         kwargs["temperature"] = 0.0
@@ -192,7 +202,7 @@ def parse_gen_kwargs(
         )
     for key in ("seed", "seed_thinking"):
         if kwargs.get(key) is not None:
-            kwargs[key] = int(kwargs[key]) + seed_offset
+            kwargs[key] = _number(key, kwargs[key], int) + seed_offset
     if not wants_thinking(kwargs):
         return Plan(until, max_gen_toks, kwargs, None)
     detected = detect_markers(tokenizer)
@@ -203,7 +213,7 @@ def parse_gen_kwargs(
         check_thinking_markers(tokenizer, {**gen_kwargs, "max_tokens_thinking": 1})
     n_ignore = kwargs.pop("thinking_n_ignore", None)
     if n_ignore is not None:
-        n_ignore = int(n_ignore)
+        n_ignore = _number("thinking_n_ignore", n_ignore, int)
         if n_ignore < 0:
             raise PruneConfigError(f"gen_kwargs thinking_n_ignore={n_ignore} must be >= 0")
     ignore_str = kwargs.pop("thinking_n_ignore_str", None)
@@ -215,7 +225,7 @@ def parse_gen_kwargs(
     thinking = {**kwargs, **thinking_only}
     budget = thinking.get("max_tokens", max_gen_toks)
     if str(budget) != "auto":
-        budget = int(budget)
+        budget = _number("max_tokens_thinking", budget, int)
         if budget < 1:
             raise PruneConfigError(f"gen_kwargs max_tokens_thinking={budget} must be >= 1 or auto")
     thinking["max_tokens"] = budget if str(budget) != "auto" else "auto"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lm_eval_prune.engine.report import PruneReport
@@ -12,6 +13,11 @@ class PruneResultMixin:
     """``prune_result`` (set by the adapter) read as the report, the cache status and the identity."""
 
     prune_result: PipelineResult | None = None
+    # wraps the step driver of budget-forced generation (the study's budget ladder serves steps from it); None: as is
+    run_steps_wrapper: Callable[[Any], Any] | None = None
+
+    def _driver(self, run_steps: Any) -> Any:
+        return self.run_steps_wrapper(run_steps) if self.run_steps_wrapper is not None else run_steps
 
     @property
     def prune_report(self) -> PruneReport | None:

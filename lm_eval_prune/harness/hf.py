@@ -54,7 +54,7 @@ class PrunedHFLM(PruneResultMixin, HFLM):
             max_length=self.max_length,
             default_max_gen_toks=self.max_gen_toks,
             batch_size=self.batch_size,
-            run_steps=hf_run_steps(self.model, self.tokenizer, self.max_length, rows),
+            run_steps=self._driver(hf_run_steps(self.model, self.tokenizer, self.max_length, rows)),
             plain_generate_until=lambda plain: super(PrunedHFLM, self).generate_until(plain, disable_tqdm),
             cache_hook=self.cache_hook,
         )

@@ -63,7 +63,7 @@ class PrunedVLLM(PruneResultMixin, VLLM):
             max_length=self.max_length,
             default_max_gen_toks=self.max_gen_toks,
             batch_size=self.batch_size,
-            run_steps=vllm_run_steps(self.model, self.max_length),
+            run_steps=self._driver(vllm_run_steps(self.model, self.max_length)),
             plain_generate_until=lambda plain: super(PrunedVLLM, self).generate_until(plain, disable_tqdm),
             cache_hook=self.cache_hook,
         )
