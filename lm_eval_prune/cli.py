@@ -13,6 +13,7 @@ import click
 
 from lm_eval_prune.engine.config import PruneConfig
 from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.files import write_atomically
 
 log = logging.getLogger("lm_eval_prune")
 
@@ -148,7 +149,7 @@ def layer_scores(
     ]
     click.echo(json.dumps({"kind": kind, "model": model, "blocks": rows}, indent=1))
     if save_path is not None:
-        _write_atomically(
+        write_atomically(
             Path(save_path).expanduser(), json.dumps({"scores": scores, "kind": kind, "model": model}) + "\n"
         )
     if plot_path is not None:
@@ -170,14 +171,6 @@ def _check_writable_file(path: str) -> None:
         raise PruneConfigError(f"cannot create the folder of {path!r}: {exc.strerror}") from None
     if not os.access(target.parent, os.W_OK):
         raise PruneConfigError(f"the folder of {path!r} is not writable")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 @main.command()

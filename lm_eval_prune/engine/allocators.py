@@ -84,7 +84,7 @@ def alphapruning(a: AllocationInputs) -> list[float]:
     from lm_eval_prune.engine.alphapruning import alpha_per_linear, alphapruning_block_sparsities, block_mean_metrics
 
     blocks = decoder_blocks(a.model)
-    metrics = block_mean_metrics(alpha_per_linear(a.model), len(blocks))
+    metrics = block_mean_metrics(alpha_per_linear(a.model, device=a.device), len(blocks))
     a.report.layer_scores = metrics
     a.report.extra["layer_score_kind"] = "alphapruning_alpha"
     params = [block_linear_params(block) for block in blocks]

@@ -86,17 +86,24 @@ def esd_alpha(eigs: torch.Tensor, fix_fingers: FixFingers = "xmin_peak", bins: i
 
 
 def alpha_per_linear(
-    model: nn.Module, fix_fingers: FixFingers = "xmin_peak", bins: int = BINS, as_float16: bool = True
+    model: nn.Module,
+    fix_fingers: FixFingers = "xmin_peak",
+    bins: int = BINS,
+    as_float16: bool = True,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """``alpha`` of every linear in the decoder blocks, keyed ``"<block>.<name>"`` (``"3.self_attn.q_proj"``).
 
     ``as_float16``: the weights are rounded to float16 first, because the reference loads the model in float16
-    before its ESD (on fp32 weights the block targets move by up to 0.01).
+    before its ESD (on fp32 weights the block targets move by up to 0.01). ``device``: where the SVDs run (the prune
+    device, whatever ``offload`` says: the identity names the device type, and another kernel rounds differently).
     """
     out: dict[str, float] = {}
     for index, block in enumerate(decoder_blocks(model)):
         for name, linear in block_linears(block).items():
-            weight = linear.weight.detach().to(torch.float16) if as_float16 else linear.weight
+            weight = linear.weight.detach().to(torch.float16) if as_float16 else linear.weight.detach()
+            if device is not None:
+                weight = weight.to(device)
             out[f"{index}.{name}"] = esd_alpha(esd_eigenvalues(weight), fix_fingers, bins)
     return out
 

@@ -26,7 +26,7 @@ import torch
 from lm_eval_prune.engine.config import HUB_CALIBRATION_SETS, TEXT_FILE_SUFFIXES, TOKEN_FILE_SUFFIXES, PruneConfig
 from lm_eval_prune.engine.traces import Documents, documents_from_records, parquet_fields, read_records, record_kind
 from lm_eval_prune.errors import PruneConfigError
-from lm_eval_prune.hashing import file_sha256
+from lm_eval_prune.files import file_sha256, write_atomically
 
 C4_REPO = "allenai/c4"
 C4_SHARD = "en/c4-train.00000-of-01024.json.gz"
@@ -238,12 +238,14 @@ def _on_disk(
             pass
     ids = compute()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with tmp.open("wb") as handle:
-            largest = int(ids.max()) if ids.numel() else 0
-            np.save(handle, ids.numpy().astype(np.int32 if largest < 2**31 else np.int64))
-        tmp.replace(path)
+        largest = int(ids.max()) if ids.numel() else 0
+        array = ids.numpy().astype(np.int32 if largest < 2**31 else np.int64)
+
+        def save(tmp: Path) -> None:
+            with tmp.open("wb") as handle:
+                np.save(handle, array)
+
+        write_atomically(path, save)
     except OSError:  # a read-only cache only costs the speed-up
         pass
     return ids

@@ -237,6 +237,16 @@ class PruneConfig:
             return False
         return self.method_spec.uses_activations or self.alloc_spec.needs_activations
 
+    @property
+    def computes_layer_scores(self) -> bool:
+        """Per-block scores are computed from text (LayerIF without a score file): they read the text sources."""
+        return self.alloc_spec.layer_scores and not self.layerif_scores
+
+    @property
+    def reads_calibration_source(self) -> bool:
+        """The calibration source is read: for calibration forwards, or as LayerIF's default training text."""
+        return self.needs_calibration or self.computes_layer_scores
+
     # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

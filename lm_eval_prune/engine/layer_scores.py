@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 from lm_eval_prune.engine.model_utils import block_linears, decoder_blocks
 from lm_eval_prune.engine.sequential import BlockInputs, propagate, run_block
 from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -365,8 +365,5 @@ def cached_layerif_scores(
     if positives is not None:
         positives[:] = counts
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"scores": scores, "positives": counts}))
-        tmp.replace(path)
+        write_atomically(path, json.dumps({"scores": scores, "positives": counts}))
     return scores

@@ -66,6 +66,8 @@ class AllocSpec:
     allocate: Lazy
     needs_activations: bool = False
     settings: tuple[str, ...] = ()
+    layer_scores: bool = False  # reads one score per block: from a score file, or computed from text sources
+    device_dependent: bool = False  # computes on the prune device without calibration (results round per kernel)
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -126,6 +128,7 @@ ALLOCATORS.add(
         "layerif",
         "layer quality from influence scores (LayerIF)",
         Lazy(f"{_ALLOC}:layerif"),
+        layer_scores=True,
         settings=(
             "layerif_eps",
             "layerif_scores",
@@ -147,6 +150,7 @@ ALLOCATORS.add(
         "heavy-tail exponent of each block's weight spectra, data-free (AlphaPruning)",
         Lazy(f"{_ALLOC}:alphapruning"),
         settings=("alpha_eps",),
+        device_dependent=True,
     ),
 )
 

@@ -52,7 +52,7 @@ def check_against_model_config(config: PruneConfig, model_config: Any) -> None:
     max_positions = getattr(model_config, "max_position_embeddings", None)
     if config.needs_calibration and max_positions is not None and config.seqlen > max_positions:
         raise PruneConfigError(f"seqlen={config.seqlen} exceeds the model's max_position_embeddings={max_positions}")
-    if config.alloc == "layerif" and max_positions is not None and config.layerif_seqlen > max_positions:
+    if config.computes_layer_scores and max_positions is not None and config.layerif_seqlen > max_positions:
         raise PruneConfigError(
             f"layerif_seqlen={config.layerif_seqlen} exceeds the model's max_position_embeddings={max_positions}"
         )

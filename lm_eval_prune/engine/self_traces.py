@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from lm_eval_prune.engine.traces import (
     read_records,
 )
 from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.files import write_atomically
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -227,6 +227,7 @@ def self_traces(
         "prompts_sha256": prompts.sha256,
         "chat_template_sha256": hashlib.sha256(str(getattr(tokenizer, "chat_template", "")).encode()).hexdigest(),
         "settings": settings.key(),
+        "device": next(model.parameters()).device.type if model is not None else None,  # CUDA and CPU greedy diverge
     }
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"{name}.json" if cache_dir is not None else None
@@ -289,7 +290,4 @@ def _read_cache(path: Path, prompts: Prompts) -> dict[str, Any] | None:
 
 def _write_cache(path: Path, data: dict[str, Any]) -> None:
     """Atomically (a reader never sees half a file; two writers leave one whole file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data))

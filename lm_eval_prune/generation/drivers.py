@@ -208,7 +208,10 @@ def hf_run_steps(model: Any, tokenizer: Any, max_length: int, batch_size: int = 
         results: list[StepOutput | None] = [None] * len(steps)
         groups: dict[Any, list[int]] = {}
         for index, step in enumerate(steps):
-            key = step.params if step.params.seed is None else ("alone", index)
+            # alone: a seed per request cannot be honoured in a batch, and HF's repetition penalty would count the
+            # left-padding tokens (vLLM counts prompt and output only)
+            alone = step.params.seed is not None or step.params.repetition_penalty != 1.0
+            key = ("alone", index) if alone else step.params
             groups.setdefault(key, []).append(index)
         for members in groups.values():
             members.sort(key=lambda i: len(steps[i].prefix))

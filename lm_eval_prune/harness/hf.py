@@ -9,7 +9,13 @@ from lm_eval.models.huggingface import HFLM
 
 from lm_eval_prune.harness.common import PruneResultMixin
 from lm_eval_prune.store.identity import BaseModel
-from lm_eval_prune.store.pipeline import PipelineResult, check_before_load, prune_in_place, split_model_args
+from lm_eval_prune.store.pipeline import (
+    PipelineResult,
+    PruneRequest,
+    check_before_load,
+    prune_in_place,
+    split_model_args,
+)
 
 HFLM_KEYS = frozenset(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
 
@@ -30,6 +36,8 @@ class PrunedHFLM(PruneResultMixin, HFLM):
         self.prune_result: PipelineResult | None = None
         super().__init__(pretrained=pretrained, **rest)
         if self.prune_result is None:  # a model object was passed: no _create_model call
+            # its weights may differ from what its name says (fine-tuned, edited): never serve it from the cache
+            self._prune_request = PruneRequest(self._prune_request.config, None)
             self._prune_in_place(getattr(self._model.config, "_name_or_path", "model"), None)
 
     def _create_model(self, pretrained: str, revision: str | None = "main", **kwargs: Any) -> None:

@@ -9,9 +9,16 @@ from typing import Any
 
 
 def tasks_dir() -> Path:
-    """Where this package's task YAMLs are (the wheel installs ``tasks/`` as ``lm_eval_prune.tasks``)."""
-    from lm_eval_prune.tasks import TASKS_DIR
-
+    """Where this package's task YAMLs are: the wheel installs ``tasks/`` as ``lm_eval_prune.tasks``; a process that
+    imports the package from a source tree (``PYTHONPATH=.``, a subprocess started in the repository) finds them in
+    the repository's ``tasks/``."""
+    try:
+        from lm_eval_prune.tasks import TASKS_DIR
+    except ModuleNotFoundError:
+        source = Path(__file__).resolve().parents[2] / "tasks"
+        if (source / "_tts_template_yaml").is_file():
+            return source
+        raise
     return TASKS_DIR
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from lm_eval_prune.engine.report import REPORT_NAME, PruneReport
 from lm_eval_prune.errors import PruneConfigError
-from lm_eval_prune.hashing import file_sha256
+from lm_eval_prune.files import file_sha256
 from lm_eval_prune.publish.results import NotResults, Run, read_run
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,13 @@ def _sha256(path: Path) -> str | None:
         return file_sha256(path)
     except OSError:
         return None
+
+
+def _structured(method: str) -> bool:
+    """Whole blocks were removed (ShortGPT): asked of the method registry, which is torch-free."""
+    from lm_eval_prune.engine.methods import METHODS
+
+    return method in METHODS and METHODS.get(method).structured
 
 
 def public_report(report: PruneReport, base_model: str | None = None) -> dict[str, Any]:
@@ -307,7 +314,7 @@ def render_card(
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
     )
-    if method == "shortgpt":
+    if _structured(method):
         removed = ", ".join(
             f"{b.index}" + (f" (BI {b.block_influence:.4f})" if b.block_influence is not None else "")
             for b in report.removed_blocks
@@ -342,7 +349,7 @@ def render_card(
     achieved = report.block_achieved_sparsity
     body += [
         f"| {i} | {t:.4f} | {achieved[i]:.4f} |"
-        if i < len(achieved) and method != "shortgpt"
+        if i < len(achieved) and not _structured(method)
         else f"| {i} | {t:.4f} | |"
         for i, t in enumerate(report.block_sparsity)
     ]

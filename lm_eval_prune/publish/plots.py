@@ -49,15 +49,10 @@ def check_plot_path(path: str | Path) -> Path:
 
 def _save(fig: Any, path: str | Path) -> None:
     """Write the figure beside ``path`` first, then rename it into place (a kill leaves the old plot or none)."""
-    import os
 
-    target = Path(path).expanduser()
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}{target.suffix}")
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from lm_eval_prune.files import write_atomically
+
+    write_atomically(Path(path).expanduser(), lambda tmp: fig.savefig(tmp, dpi=120))
 
 
 def _pyplot() -> Any:

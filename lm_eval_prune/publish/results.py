@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lm_eval_prune.engine.methods import METHODS
 from lm_eval_prune.engine.report import REPORT_NAME, PruneReport
 from lm_eval_prune.errors import PruneConfigError
 
@@ -44,8 +45,8 @@ class Variant:
     def label(self) -> str:
         if self.dense:
             return "dense"
-        if self.method == "shortgpt":
-            return f"shortgpt -{self.drop_layers} blocks"
+        if self.method in METHODS and METHODS.get(self.method).structured:
+            return f"{self.method} -{self.drop_layers} blocks"
         pattern = "" if self.pattern == "unstructured" else f" {self.pattern}"
         return f"{self.method}-{self.alloc} {self.sparsity:g}{pattern}"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_prune.errors import PruneConfigError
-from lm_eval_prune.hashing import file_sha256
+from lm_eval_prune.files import file_sha256
 from lm_eval_prune.store.checkpoint import atomic_directory, clean_stale
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_prune.engine.config import HUB_CALIBRATION_SETS, SOURCE_FIELDS, SOURCE_PREFIXES, PruneConfig
-from lm_eval_prune.hashing import file_sha256 as _sha
+from lm_eval_prune.files import file_sha256 as _sha
 
 _CALIBRATION_SETTINGS = (
     "calibration",
@@ -85,13 +85,13 @@ def resolved_dtype(dtype: str, model_config: Any) -> str:
 def decisive_settings(config: PruneConfig, device_type: str) -> dict[str, Any]:
     """The settings that decide the bytes, with those the chosen method and allocation do not read left out
     (so ``magnitude`` with another ``nsamples`` is the same prune). The device type and calibration batch size stay
-    whenever calibration runs: other kernels round differently."""
+    whenever calibration runs, or an allocation computes on the device (AlphaPruning's SVDs): other kernels round
+    differently."""
     settings = config.identity_settings()
     settings.pop("device", None)
-    uses_calibration = config.needs_calibration or (config.alloc == "layerif" and not config.layerif_scores)
-    if uses_calibration:
+    if config.reads_calibration_source or config.alloc_spec.device_dependent:
         settings["device_type"] = device_type
-    else:
+    if not config.reads_calibration_source:
         for name in _CALIBRATION_SETTINGS:
             settings.pop(name, None)
     return settings
@@ -99,7 +99,7 @@ def decisive_settings(config: PruneConfig, device_type: str) -> dict[str, Any]:
 
 def data_identity(config: PruneConfig) -> dict[str, str | None]:
     """Content identities of every data source the settings read."""
-    uses_calibration = config.needs_calibration or (config.alloc == "layerif" and not config.layerif_scores)
+    uses_calibration = config.reads_calibration_source
     out: dict[str, str | None] = {}
     for name in SOURCE_FIELDS:
         value = getattr(config, name)
@@ -130,7 +130,13 @@ def layerif_identity(config: PruneConfig, model: dict[str, Any], device_type: st
     from lm_eval_prune._version import __version__
 
     settings = {k: v for k, v in config.to_dict().items() if k.startswith("layerif_") and k != "layerif_eps"}
-    settings.update(calibration=config.calibration, seed=config.seed, calib_batch_size=config.calib_batch_size)
+    settings.update(
+        calibration=config.calibration,
+        seed=config.seed,
+        calib_batch_size=config.calib_batch_size,
+        trace_field=config.trace_field,  # which trajectory a trace source renders
+        calib_gen_tokens=config.calib_gen_tokens,  # how long self: traces are
+    )
     data = {k: v for k, v in data_identity(config).items() if k != "layerif_scores"}
     data["calibration"] = source_identity(config.calibration)
     return digest(

@@ -83,8 +83,11 @@ def check_cli_cache(config: PruneConfig, cache: PruneCache | None) -> None:
     """The CLI doors keep only LayerIF scores and self: traces in the cache: it is checked when it will be written,
     so a damaged ``$LM_EVAL_PRUNE_CACHE`` fails in one line before the work, and never stops a run that skips it."""
     sources = (config.calibration, config.layerif_train, config.layerif_val)
-    computes_scores = config.alloc == "layerif" and not config.layerif_scores
-    if cache is not None and not config.is_dense and (computes_scores or any(s.startswith("self:") for s in sources)):
+    if (
+        cache is not None
+        and not config.is_dense
+        and (config.computes_layer_scores or any(s.startswith("self:") for s in sources))
+    ):
         cache.check_usable()
 
 
@@ -92,7 +95,7 @@ def check_sources(config: PruneConfig) -> None:
     """Every file the settings name exists, is of its kind and is readable: checked before anything loads."""
     from lm_eval_prune.engine.calibration import check_source
 
-    uses_calibration = config.needs_calibration or (config.alloc == "layerif" and not config.layerif_scores)
+    uses_calibration = config.reads_calibration_source
     for name in ("calibration", "layerif_train", "layerif_val"):
         value = getattr(config, name)
         if value and (name != "calibration" or uses_calibration):
@@ -163,7 +166,7 @@ def layer_scores_for(
     positives: list[int] | None = None,
 ) -> list[float] | None:
     """LayerIF scores (a file, the cache, or computed and cached); None for other allocations."""
-    if config.alloc != "layerif":
+    if not config.alloc_spec.layer_scores:
         return None
     from lm_eval_prune.engine.layer_scores import cached_layerif_scores
 

@@ -117,8 +117,8 @@ def _token_totals(records: Any) -> tuple[int, int]:
 
 def _leaderboard(out: Path, echo: Any) -> None:
     """The table (and the plot when matplotlib is there) of every run under ``DIR/runs``."""
+    from lm_eval_prune.files import write_atomically
     from lm_eval_prune.publish.leaderboard import leaderboard
-    from lm_eval_prune.study.runner import write_atomically
 
     plot: Path | None = out / "leaderboard.png" if _has_matplotlib() else None
     table = leaderboard([out / "runs"], "markdown", "exact_match", plot, on_skip=lambda line: None)

@@ -160,7 +160,7 @@ def write_comparison(
     out: Path, metric: str = "exact_match", resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
 ) -> list[Comparison]:
     """``out/comparison.md`` and ``out/comparison.json`` (each written whole)."""
-    from lm_eval_prune.study.runner import write_atomically
+    from lm_eval_prune.files import write_atomically
 
     rows = compare_study(out, metric, resamples, seed)
     write_atomically(Path(out) / "comparison.md", markdown(rows, metric, resamples, seed))

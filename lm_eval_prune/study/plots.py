@@ -9,13 +9,14 @@ for plots call :func:`lm_eval_prune.publish.plots.require_matplotlib` before any
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from lm_eval_prune.files import write_atomically
 from lm_eval_prune.study.outputs import RunSamples, load_study
 
 BUDGET_PLOT = "accuracy_vs_budget.png"
@@ -107,6 +108,10 @@ def accuracy_figure(runs: list[RunSamples], x: str, metric: str = "exact_match")
     return fig
 
 
+def _savefig(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=120)
+
+
 def write_plots(out: Path, metric: str = "exact_match") -> list[Path]:
     """``out/accuracy_vs_budget.png`` and ``out/accuracy_vs_tokens.png`` from the study's samples files."""
     import matplotlib.pyplot as plt
@@ -116,12 +121,9 @@ def write_plots(out: Path, metric: str = "exact_match") -> list[Path]:
     for x, name in (("budget", BUDGET_PLOT), ("tokens", TOKENS_PLOT)):
         fig = accuracy_figure(runs, x, metric)
         target = Path(out) / name
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.png")
         try:
-            fig.savefig(tmp, dpi=120)
-            os.replace(tmp, target)  # a kill leaves the old plot or none, never half of one
+            write_atomically(target, partial(_savefig, fig))  # a kill leaves the old plot or the new, never half
         finally:
-            tmp.unlink(missing_ok=True)
             plt.close(fig)
         written.append(target)
     return written

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.files import write_atomically
 from lm_eval_prune.study.plan import Run, Unit, slug
 from lm_eval_prune.study.spec import StudySpec, our_tasks
 
@@ -43,13 +44,6 @@ class RunRecord:
 
 
 # ----------------------------------------------------------------------------------------------- files
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def manifest_path(out: Path, shard_spec: tuple[int, int] | None) -> Path:
     tag = f".shard-{shard_spec[0]}-of-{shard_spec[1]}" if shard_spec else ""
     return out / f"study-manifest{tag}.jsonl"
@@ -102,50 +96,23 @@ def _args_string(pretrained: str, args: dict[str, Any]) -> str:
 
 
 def _task_manager(spec: StudySpec) -> Any:
-    from lm_eval.tasks import TaskManager
+    from lm_eval_prune.harness.evaluate import task_manager
 
-    from lm_eval_prune.harness.lm_eval_cli import include_our_tasks
-    from lm_eval_prune.harness.plugin import register
-
-    register()
-    include_our_tasks()
-    metadata = {"data_dir": spec.data_dir} if spec.data_dir else None
-    return TaskManager(include_defaults=not set(spec.tasks) <= our_tasks(), metadata=metadata)
+    return task_manager(include_defaults=not set(spec.tasks) <= our_tasks(), data_dir=spec.data_dir)
 
 
 def evaluate_run(spec: StudySpec, lm: Any, run: Run, task_manager: Any, out: Path, model_args: str) -> Path:
     """One ``simple_evaluate`` on the unit's model; its results and samples land in the run's folder, whole."""
-    import lm_eval
-    from lm_eval.loggers import EvaluationTracker
+    from lm_eval_prune.harness.evaluate import evaluate_into
 
     partial = out / PARTIAL / run.run_id.replace("/", "~")
     shutil.rmtree(partial, ignore_errors=True)
-    tracker = EvaluationTracker(output_path=str(partial))
     gen_kwargs = {**spec.gen_kwargs, "max_tokens_thinking": run.budget, "seed": run.seed}
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=[run.task],
-        gen_kwargs=gen_kwargs,
-        limit=spec.limit,
-        task_manager=task_manager,
-        evaluation_tracker=tracker,
-        log_samples=True,
-        random_seed=run.seed,
-        numpy_random_seed=run.seed,
-        torch_random_seed=run.seed,
-        fewshot_random_seed=run.seed,
-    )
-    if results is None:
-        raise RuntimeError(f"lm-eval returned no results for {run.run_id}")
-    samples = results.pop("samples")
-    # what `lm_eval --model pruned-hf --model_args ...` records, so lm-eval's tools and the leaderboard read it as such
-    results["config"]["model"] = f"pruned-{spec.backend}"
-    results["config"]["model_args"] = model_args
-    tracker.general_config_tracker.model_name = run.model
-    tracker.general_config_tracker.model_name_sanitized = slug(run.model)
-    tracker.save_results_aggregated(results=results, samples=samples)
-    for task_name in results["configs"]:
-        tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+    # recorded as `lm_eval --model pruned-* --model_args ...` records it: lm-eval's tools and the leaderboard read it
+    evaluate_into(
+        lm, run.task, gen_kwargs, spec.limit, task_manager, run.seed, partial,
+        f"pruned-{spec.backend}", slug(run.model), run.model, model_args,
+    )  # fmt: skip
     if results_file(partial) is None:
         raise RuntimeError(f"lm-eval wrote no results file for {run.run_id} (see its log)")
     final = run.folder(out)

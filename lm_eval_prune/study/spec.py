@@ -252,12 +252,9 @@ def check_tasks(tasks: list[str], source: str) -> None:
     unknown = [t for t in tasks if t not in our_tasks()]
     if not unknown:
         return
-    from lm_eval.tasks import TaskManager
+    from lm_eval_prune.harness.evaluate import known_tasks
 
-    from lm_eval_prune.harness.lm_eval_cli import include_our_tasks
-
-    include_our_tasks()
-    known = set(TaskManager().all_tasks)
+    known = known_tasks()
     for task in unknown:
         if task not in known:
             close = difflib.get_close_matches(task, sorted(known), n=1, cutoff=0.7)

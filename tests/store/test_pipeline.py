@@ -246,9 +246,56 @@ def test_uncached_vllm_checkpoints_leave_nothing_behind(tmp_path):
     import sys
 
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    code = "from lm_eval_prune.store.pipeline import _scratch_root; import os; r = _scratch_root(); print(r); "
+    code = "from lm_eval_prune.store.pipeline import _scratch_root; import os; print(_scratch_root(), flush=True); "
     killed = subprocess.run([sys.executable, "-c", code + "os._exit(0)"], env=env, capture_output=True, text=True)
     left = (tmp_path / "lm_eval_prune").iterdir()
     assert [p.name for p in left] == [os.path.basename(killed.stdout.strip())]
     clean = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert clean.stdout.strip() and list((tmp_path / "lm_eval_prune").iterdir()) == []
+
+
+def test_a_model_object_is_never_served_from_the_cache(tiny, tmp_path):
+    """Its weights may differ from what its name says: pruned-hf on a model object prunes it, cache or not."""
+    from lm_eval.api.registry import get_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_prune.harness.plugin import register
+
+    register()
+    args = {k: v for k, v in SETTINGS.items() if k != "device"}
+    cache = tmp_path / "cache"
+    first = get_model("pruned-hf").create_from_arg_string(
+        f"pretrained={tiny['model']},calibration={tiny['calib']},prune_cache={cache},"
+        + ",".join(f"{k}={v}" for k, v in args.items()),
+        {"device": "cpu", "batch_size": 1},
+    )
+    assert first.prune_cache_status == "built"
+    edited = AutoModelForCausalLM.from_pretrained(tiny["model"])
+    with torch.no_grad():
+        edited.model.layers[0].mlp.up_proj.weight.mul_(2)  # same name, other weights
+    lm = get_model("pruned-hf")(
+        pretrained=edited, tokenizer=AutoTokenizer.from_pretrained(tiny["model"]), device="cpu", batch_size=1,
+        calibration=str(tiny["calib"]), prune_cache=str(cache), **args,
+    )  # fmt: skip
+    assert lm.prune_cache_status == "disabled"
+    ours = lm._model.model.layers[0].mlp.up_proj.weight
+    cached = first._model.model.layers[0].mlp.up_proj.weight
+    assert not torch.equal(ours, cached)
+
+
+def test_layerif_score_cache_names_every_setting_its_data_reads(tiny, tmp_path):
+    from transformers import AutoConfig
+
+    from lm_eval_prune.store.identity import layerif_identity
+
+    for name in ("t.jsonl", "p.jsonl"):
+        (tmp_path / name).write_text('{"question": "q", "a": "x", "b": "y"}\n')
+    model_id = model_identity(BaseModel(str(tiny["model"])), AutoConfig.from_pretrained(tiny["model"]))
+    base = PruneConfig(alloc="layerif", calibration=f"traces:{tmp_path / 't.jsonl'}", trace_field="a", device="cpu")
+    assert layerif_identity(base, model_id, "cpu") != layerif_identity(base.replace(trace_field="b"), model_id, "cpu")
+    self_source = PruneConfig(alloc="layerif", layerif_train=f"self:{tmp_path / 'p.jsonl'}", device="cpu")
+    assert layerif_identity(self_source, model_id, "cpu") != layerif_identity(
+        self_source.replace(calib_gen_tokens=64), model_id, "cpu"
+    )
+    alpha = PruneConfig(method="magnitude", alloc="alphapruning", device="cpu")
+    assert prune_identity(alpha, model_id, "cpu") != prune_identity(alpha, model_id, "cuda")  # SVD kernels differ

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 from scripted import save_scripted
@@ -24,20 +22,6 @@ pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-def _map_tasks_package() -> None:
-    """With ``PYTHONPATH`` on the working copy, ``lm_eval_prune.tasks`` is the repo's ``tasks/`` (as the install maps
-    it in pyproject's package-dir), so the working copy's task YAMLs are the ones evaluated."""
-    if importlib.util.find_spec("lm_eval_prune.tasks") is not None:
-        return
-    init = Path(__file__).resolve().parents[2] / "tasks" / "__init__.py"
-    spec = importlib.util.spec_from_file_location("lm_eval_prune.tasks", init, submodule_search_locations=[])
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lm_eval_prune.tasks"] = module
-    spec.loader.exec_module(module)
-
-
-_map_tasks_package()
 GEN = {"thinking_n_ignore": 1, "thinking_n_ignore_str": "Wait", "max_gen_toks": 6, "do_sample": False}
 
 
