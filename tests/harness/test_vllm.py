@@ -131,7 +131,7 @@ def test_shortgpt_checkpoint_loads_and_generates_in_vllm(tmp_path):
     args = f"pretrained={model},method=shortgpt,drop_layers=1,calibration={calib},nsamples=4,seqlen=16,"
     args += f"prune_cache={tmp_path / 'cache'},max_model_len=128"
     lm = get_model("pruned-vllm").create_from_arg_string(args, {"batch_size": "auto"})
-    assert lm.prune_report.extra["removed_blocks"][0]["index"] in (0, 1)
+    assert lm.prune_report.removed_indices[0] in (0, 1)
 
     class Request:
         args = ("the cat sat on the", {"until": ["."], "max_gen_toks": 5, "do_sample": False})
