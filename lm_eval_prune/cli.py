@@ -13,7 +13,7 @@ import click
 
 from lm_eval_prune.engine.config import PruneConfig
 from lm_eval_prune.errors import PruneConfigError
-from lm_eval_prune.files import write_atomically
+from lm_eval_prune.files import check_writable_file, write_atomically
 
 log = logging.getLogger("lm_eval_prune")
 
@@ -138,7 +138,7 @@ def layer_scores(
         require_matplotlib()  # before the expensive work, not after
         check_plot_path(plot_path)
     if save_path is not None:
-        _check_writable_file(save_path)
+        check_writable_file(save_path, "--save")
     kind_value = next(k for k in SCORE_KINDS if k == kind)
     result = compute_layer_scores(
         BaseModel(model, revision, dtype), config, kind_value, PruneCache.from_setting(None, given=False)
@@ -156,21 +156,6 @@ def layer_scores(
         from lm_eval_prune.publish.plots import plot_layer_scores
 
         plot_layer_scores(scores, sparsities, kind, model, plot_path, config.sparsity if sparsities else None)
-
-
-def _check_writable_file(path: str) -> None:
-    """The file's folder exists (created if missing) and is writable: checked before any work, not after."""
-    import os
-
-    target = Path(path).expanduser()
-    if not path.strip() or target.is_dir():
-        raise PruneConfigError(f"output file {path!r} must be a file path, not a folder or empty")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PruneConfigError(f"cannot create the folder of {path!r}: {exc.strerror}") from None
-    if not os.access(target.parent, os.W_OK):
-        raise PruneConfigError(f"the folder of {path!r} is not writable")
 
 
 @main.command()

@@ -39,7 +39,8 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """False only when no process has ``pid`` (a process of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -58,11 +59,31 @@ def sweep_dead_temporaries(path: Path) -> None:
         return
     for name in names:
         match = pattern.match(name)
-        if match and int(match[1]) != os.getpid() and not _alive(int(match[1])):
+        if match and int(match[1]) != os.getpid() and not pid_alive(int(match[1])):
             try:
                 os.unlink(path.parent / name)
             except OSError:
                 pass
+
+
+def check_writable_file(path: str | Path, what: str) -> Path:
+    """``path`` names a file whose folder exists (created when missing) and is writable: checked before the work that
+    produces it, so a long run never ends in "cannot write". ``what`` names the option in the message."""
+    from lm_eval_prune.errors import PruneConfigError
+
+    text = str(path)
+    target = Path(text).expanduser()
+    if not text.strip():
+        raise PruneConfigError(f"{what} '' is empty; give a file name")
+    if target.is_dir():
+        raise PruneConfigError(f"{what} {text!r} is a folder; give a file name inside it")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PruneConfigError(f"{what} {text!r}: its folder cannot be created ({exc.strerror or exc})") from None
+    if not os.access(target.parent, os.W_OK):
+        raise PruneConfigError(f"{what} {text!r}: its folder is not writable")
+    return target
 
 
 def write_atomically(path: str | Path, content: str | bytes | Callable[[Path], None]) -> Path:

@@ -160,7 +160,7 @@ def test_output_name_too_long_for_its_temporaries(stories_path, tmp_path):
 def test_layer_scores_refuses_an_empty_save_path_and_a_plot_it_cannot_write(stories_path, tmp_path):
     pytest.importorskip("matplotlib")
     base = ["layer-scores", str(stories_path), "--kind", "alphapruning"]
-    assert_one_line_error(cli(*base, "--save", ""), "output file ''")
+    assert_one_line_error(cli(*base, "--save", ""), "--save '' is empty")
     assert_one_line_error(cli(*base, "--plot", str(tmp_path / "p.txt")), "must end in one of .png")
     assert_one_line_error(cli(*base, "--plot", str(tmp_path)), "is a folder")
     assert_one_line_error(cli(*base, "--alloc", "owl"), "--alloc 'owl' does not apply to --kind alphapruning")

@@ -293,16 +293,13 @@ def layerif_device(config_device: str, offload: bool, cuda_available: bool) -> s
 def layerif_scores(model: nn.Module, data: LayerIFData, config: Any, positives: list[int] | None = None) -> list[float]:
     """LayerIF with the configured estimator: the identity over attention+MLP (the seed study's variant, one backward
     per sample, nothing stored) or DataInf / the identity on the chosen tensors from per-sample gradient factors."""
+    common: dict[str, Any] = {
+        "positives": positives,
+        "train_lengths": data.train_lengths,
+        "val_lengths": data.val_lengths,
+    }
     if config.layerif_hessian == "identity" and config.layerif_modules == "all":
-        return layerif_influence(
-            model,
-            data.train,
-            data.val,
-            batch_size=config.calib_batch_size,
-            positives=positives,
-            train_lengths=data.train_lengths,
-            val_lengths=data.val_lengths,
-        )
+        return layerif_influence(model, data.train, data.val, config.calib_batch_size, **common)
     from lm_eval_prune.engine.datainf import datainf_block_scores
 
     scores = datainf_block_scores(
@@ -312,9 +309,7 @@ def layerif_scores(model: nn.Module, data: LayerIFData, config: Any, positives: 
         config.layerif_modules,
         config.calib_batch_size,
         estimator=config.layerif_hessian,
-        positives=positives,
-        train_lengths=data.train_lengths,
-        val_lengths=data.val_lengths,
+        **common,
     )
     if not any(scores):
         log.warning("LayerIF (%s) scores are all zero: the allocation will be uniform", config.layerif_hessian)

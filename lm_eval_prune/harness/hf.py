@@ -52,19 +52,12 @@ class PrunedHFLM(PruneResultMixin, HFLM):
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """lm-eval's generation, plus s1 budget forcing (and per-request seeds) for requests whose gen_kwargs ask."""
         from lm_eval_prune.generation.drivers import hf_run_steps
-        from lm_eval_prune.harness.budget import budget_forced_generate_until
 
         rows = self.batch_size if isinstance(self.batch_size, int) else 8  # rows per model.generate call
-        return budget_forced_generate_until(
+        return self._budget_forced(
             requests,
-            self.tokenizer,
-            add_bos_token=bool(self.add_bos_token),
-            max_length=self.max_length,
-            default_max_gen_toks=self.max_gen_toks,
-            batch_size=self.batch_size,
-            run_steps=self._driver(hf_run_steps(self.model, self.tokenizer, self.max_length, rows)),
-            plain_generate_until=lambda plain: super(PrunedHFLM, self).generate_until(plain, disable_tqdm),
-            cache_hook=self.cache_hook,
+            hf_run_steps(self.model, self.tokenizer, self.max_length, rows),
+            lambda plain: super(PrunedHFLM, self).generate_until(plain, disable_tqdm),
         )
 
     def get_model_info(self) -> dict[str, Any]:

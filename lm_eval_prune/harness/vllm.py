@@ -47,7 +47,6 @@ class PrunedVLLM(PruneResultMixin, VLLM):
         from lm_eval_prune.errors import PruneConfigError
         from lm_eval_prune.generation.drivers import vllm_run_steps
         from lm_eval_prune.generation.protocol import is_driven
-        from lm_eval_prune.harness.budget import budget_forced_generate_until
 
         if getattr(self, "data_parallel_size", 1) > 1:
             if any(is_driven(request.args[1]) for request in requests):
@@ -56,16 +55,10 @@ class PrunedVLLM(PruneResultMixin, VLLM):
                     " (use tensor_parallel_size, or one run per GPU)"
                 )
             return super().generate_until(requests, disable_tqdm)
-        return budget_forced_generate_until(
+        return self._budget_forced(
             requests,
-            self.tokenizer,
-            add_bos_token=bool(self.add_bos_token),
-            max_length=self.max_length,
-            default_max_gen_toks=self.max_gen_toks,
-            batch_size=self.batch_size,
-            run_steps=self._driver(vllm_run_steps(self.model, self.max_length)),
-            plain_generate_until=lambda plain: super(PrunedVLLM, self).generate_until(plain, disable_tqdm),
-            cache_hook=self.cache_hook,
+            vllm_run_steps(self.model, self.max_length),
+            lambda plain: super(PrunedVLLM, self).generate_until(plain, disable_tqdm),
         )
 
     def get_model_info(self) -> dict[str, Any]:

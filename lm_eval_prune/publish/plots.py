@@ -30,21 +30,12 @@ def check_plot_path(path: str | Path) -> Path:
     missing) and takes a new file. A failure after an hour of scoring would lose the plot, not the run."""
     import os
 
+    from lm_eval_prune.files import check_writable_file
+
     text = os.fspath(path)
-    target = Path(text).expanduser()
-    if not str(text).strip():
-        raise PruneConfigError("--plot '' is empty; give a file name such as scores.png")
-    if target.is_dir():
-        raise PruneConfigError(f"--plot {text!r} is a folder; give a file name such as {text.rstrip('/')}/plot.png")
-    if target.suffix.lower() not in PLOT_SUFFIXES:
+    if text.strip() and not Path(text).expanduser().is_dir() and Path(text).suffix.lower() not in PLOT_SUFFIXES:
         raise PruneConfigError(f"--plot {text!r} must end in one of {', '.join(PLOT_SUFFIXES)}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PruneConfigError(f"--plot {text!r}: its folder cannot be created ({exc.strerror or exc})") from None
-    if not os.access(target.parent, os.W_OK):
-        raise PruneConfigError(f"--plot {text!r}: its folder is not writable")
-    return target
+    return check_writable_file(text, "--plot")
 
 
 def _save(fig: Any, path: str | Path) -> None:

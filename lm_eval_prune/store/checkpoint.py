@@ -21,6 +21,7 @@ from typing import Any
 
 from lm_eval_prune.engine.report import PruneReport
 from lm_eval_prune.errors import PruneConfigError
+from lm_eval_prune.files import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,7 @@ def _owner_alive(host: str, pid: int, start: int) -> bool:
         return start in (0, now)
     if os.path.exists(f"/proc/{os.getpid()}/stat"):
         return False  # /proc works here and has no such pid
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def temp_path(final: Path, kind: str, tag: str) -> Path:
