@@ -338,7 +338,7 @@ def s1_policy(prompt_ids: list[int], plan: Plan, encoded: Encoded, budget: int, 
     assert plan.thinking is not None and plan.markers is not None
     params = thinking_sampling(plan, encoded, budget)
     prefix = list(prompt_ids) + encoded.start
-    segments: list[tuple[list[int], str]] = []  # (ids, text) in order, as s1 accumulates them
+    segments: list[tuple[list[int], str, bool]] = []  # (ids, text, engine text?) in order, as s1 accumulates them
     ignored_at: list[int] = []  # positions in the thinking ids where an end of thinking was ignored
     thinking: list[int] = []
     text = ""
@@ -350,16 +350,16 @@ def s1_policy(prompt_ids: list[int], plan: Plan, encoded: Encoded, budget: int, 
         if out.finish_reason == "length" or i == rounds - 1:
             thinking += cont
             text += out.text
-            segments.append((cont, out.text))
+            segments.append((cont, out.text, True))
             finish = out.finish_reason
             break
         cont = _strip_stops(cont, encoded.until_thinking)
-        segments.append((cont, out.text))
+        segments.append((cont, out.text, True))
         ignored_at.append(len(thinking) + len(cont))
         thinking += cont
         text += out.text
         if encoded.ignore is not None and plan.ignore_str is not None:
-            segments.append((list(encoded.ignore), plan.ignore_str))
+            segments.append((list(encoded.ignore), plan.ignore_str, False))
             thinking += encoded.ignore
             text += plan.ignore_str
     shown = text
@@ -390,16 +390,26 @@ def s1_policy(prompt_ids: list[int], plan: Plan, encoded: Encoded, budget: int, 
     )
 
 
-def _cut_text(segments: list[tuple[list[int], str]], budget: int, context: list[int], detok: Detok) -> str:
-    """The text of the first ``budget`` accumulated ids: whole segments' texts, then the engine text of the rest."""
+def _cut_text(segments: list[tuple[list[int], str, bool]], budget: int, context: list[int], detok: Detok) -> str:
+    """The text of the first ``budget`` accumulated ids, always a prefix of s1's (uncut) text.
+
+    Whole segments keep their texts; a cut engine segment gets the engine's text of its kept ids (a prefix of the
+    round's text); a cut ``thinking_n_ignore_str`` gets a prefix of that literal string, as long as the engine text of
+    its kept ids less what the decode adds before the string (the leading space of a SentencePiece ``▁Wait``): the
+    decode of those ids would show text s1 never shows.
+    """
     text, kept = "", 0
-    for ids, piece in segments:
+    for ids, piece, engine in segments:
         if kept + len(ids) <= budget:
             text += piece
             kept += len(ids)
             context = context + ids
             continue
-        return text + detok(context, ids[: budget - kept])
+        part = detok(context, ids[: budget - kept])
+        if engine:
+            return text + part
+        lead = max(len(detok(context, ids)) - len(piece), 0)
+        return text + piece[: max(len(part) - lead, 0)]
     return text
 
 

@@ -153,7 +153,7 @@ def s1_model_generate(requests, max_tokens, stop, kwargs, engine, tok_encode, to
                 c = o.outputs[0]
                 cont = list(c.token_ids)
                 if c.finish_reason == "length" or i == rounds - 1:
-                    pieces[idx[j]].append((cont, c.text))
+                    pieces[idx[j]].append((cont, c.text, False))
                     if acc[idx[j]] is None:
                         acc[idx[j]] = Completion(cont, c.text, c.finish_reason)
                     else:
@@ -165,9 +165,9 @@ def s1_model_generate(requests, max_tokens, stop, kwargs, engine, tok_encode, to
                     if cont[-len(t) :] == t:
                         cont = cont[: -len(t)]
                 text = c.text
-                pieces[idx[j]].append((list(cont), c.text))
+                pieces[idx[j]].append((list(cont), c.text, False))
                 if ignore_str is not None:
-                    pieces[idx[j]].append((list(ignore_tok), ignore_str))
+                    pieces[idx[j]].append((list(ignore_tok), ignore_str, True))
                     cont += ignore_tok
                     text += ignore_str
                 if acc[idx[j]] is None:
@@ -209,13 +209,19 @@ def s1_model_generate(requests, max_tokens, stop, kwargs, engine, tok_encode, to
 
 
 def cut_text(pieces, budget, context, tok):
-    """Ours cuts the thinking text with the ids: s1's text of the whole pieces kept, then the decoded rest."""
+    """Ours cuts the thinking text with the ids, to a prefix of s1's text: s1's text of the whole pieces kept, then
+    the decoded rest of a generated piece, or of an ignore string as many of its characters as the decode of its kept
+    ids shows beyond what its full decode adds in front of it (a space before ``Wait``)."""
     text, ids = "", []
-    for piece_ids, piece_text in pieces:
+    for piece_ids, piece_text, literal in pieces:
         if len(ids) + len(piece_ids) <= budget:
             text, ids = text + piece_text, ids + piece_ids
             continue
         kept = piece_ids[: budget - len(ids)]
         before = tok.decode(context + ids, skip_special_tokens=False)
-        return text + tok.decode(context + ids + kept, skip_special_tokens=False)[len(before) :]
+        shown = tok.decode(context + ids + kept, skip_special_tokens=False)[len(before) :]
+        if not literal:
+            return text + shown
+        full = tok.decode(context + ids + piece_ids, skip_special_tokens=False)[len(before) :]
+        return text + piece_text[: max(len(shown) - max(len(full) - len(piece_text), 0), 0)]
     return text

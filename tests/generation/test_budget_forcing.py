@@ -385,3 +385,46 @@ def test_seeded_sampling_is_reproducible_per_request(tmp_path):
     other = lm.generate_until([Request("the cat", {**gen, "seed": 4}) for _ in range(3)])
     assert first == again and first != other
     assert len(set(first)) > 1  # each repeat gets seed + its index, so repeats differ
+
+
+@pytest.fixture(scope="module")
+def stories_tok(stories_path):
+    """The shared SentencePiece-style tokenizer (Metaspace BPE with byte fallback) with Qwen3's thinking markers."""
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_file(str(stories_path / "tokenizer.json"))
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<think>", "</think>")])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_cut_inside_the_ignore_string_keeps_a_prefix_of_s1s_text(stories_tok):
+    """'Wait' encodes as ▁ W a it: its ids decode to ' Wait' after other text, s1 shows 'Wait'. Cutting the thinking
+    inside it must keep a prefix of s1's text ('TheWa'), not the decode of the kept ids ('The Wa')."""
+    from lm_eval_prune.generation.drivers import engine_text
+    from lm_eval_prune.generation.protocol import Encoded, s1_policy
+
+    tok = stories_tok
+    wait, the, cat = (tok.encode(w, add_special_tokens=False) for w in ("Wait", "The", "cat sat"))
+    assert tok.convert_ids_to_tokens(wait) == ["▁", "W", "a", "it"] and len(the) == 1 and len(cat) == 4
+    end = tok.convert_tokens_to_ids("</think>")
+    gen = {"max_tokens_thinking": 4, "thinking_n_ignore": 1, "thinking_n_ignore_str": "Wait", "until": []}
+    gen.update(thinking_start="<think>", thinking_end="</think>", until_thinking="</think>")
+    plan = parse_gen_kwargs(gen, "</s>", 64, tok)
+    encoded = Encoded.of(plan, lambda text: tok.encode(text, add_special_tokens=False))
+    prompt = tok.encode("Once upon", add_special_tokens=False)
+    policy = s1_policy(prompt, plan, encoded, 4, engine_text(tok, Sampling.build(1, {})))
+    first = next(policy)
+    assert first.prefix == prompt + encoded.start
+    second = policy.send(StepOutput([*the, end], "The", "stop"))  # the end of thinking, ignored once
+    assert second.prefix == prompt + encoded.start + the + wait
+    answer = policy.send(StepOutput(cat, " cat sat", "length"))  # 1 + 4 + 4 ids > 4: cut inside 'Wait'
+    cut = the + wait[:3]
+    assert answer.final and answer.prefix == prompt + encoded.start + cut + encoded.newline + encoded.end_max
+    with pytest.raises(StopIteration) as done:
+        policy.send(StepOutput(tok.encode("ok", add_special_tokens=False), "ok", "length"))
+    response = done.value.value
+    assert str(response) == "<think>TheWa\n</think>\nFinal Answer:ok"
+    assert response.thinking == "TheWa" and response.thinking_tokens == 4 and response.forced_waits == 1
+    s1_text = "<think>" + "The" + "Wait" + " cat sat" + "\n</think>\nFinal Answer:ok"  # s1 keeps the uncut text
+    assert s1_text.startswith("<think>" + response.thinking)

@@ -207,3 +207,86 @@ def test_pruned_vllm_makes_s1s_engine_calls(tmp_path):
     assert [str(text) for text in got] == expected
     assert ours == reference
     assert len(ours) > 3 * len(gens)  # several batches and rounds per group
+
+
+def write_sentencepiece_thinker(root, stories_path):
+    """A random-init Llama (fp32, head_dim 64) with the shared Metaspace BPE tokenizer (byte fallback) plus
+    <think>/</think>; the lm_head rows of </think> and of a frequent generated token are swapped, so greedy thinking
+    ends wherever that token would have come: at a different step per prompt, on some prompts never."""
+    import torch
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_file(str(stories_path / "tokenizer.json"))
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<think>", "</think>")])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=64, max_position_embeddings=1024, initializer_range=0.5,
+        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).float().eval()
+    start = tok.encode("<think>", add_special_tokens=False)
+    prompts = [tok.encode(p, add_special_tokens=False) + start for p in SP_PROMPTS]
+    seen: dict[int, set[int]] = {}
+    with torch.no_grad():
+        for k, ids in enumerate(prompts):
+            out = model.generate(torch.tensor([ids]), max_new_tokens=60, min_new_tokens=60, do_sample=False)
+            for token in out[0, len(ids) :].tolist():
+                seen.setdefault(token, set()).add(k)
+    trigger = min(seen, key=lambda t: (abs(len(seen[t]) - 4), t))  # in about half of the prompts
+    end = tok.convert_tokens_to_ids("</think>")
+    model.lm_head.weight.data[[end, trigger]] = model.lm_head.weight.data[[trigger, end]]
+    model.save_pretrained(root)
+    tok.save_pretrained(root)
+    return root
+
+
+SP_PROMPTS = [
+    "at last Anna",
+    "walls hung round with Persian carpets. The part of the room",
+    "majestic figure of his father, Count",
+    "their long hair falling over their magnificent glittering vestments",
+    "sorrowful,",
+    "sentiments, he seemed to be saying, so much the worse for you!",
+    "was about, went across the room to where Pierre was standing",
+    "without laughing, but could not",
+]
+
+
+def test_budget_forcing_text_is_the_same_in_hf_and_vllm_with_a_sentencepiece_tokenizer(tmp_path, stories_path):
+    """Engine text of real subword tokens (leading spaces at round boundaries, byte-fallback pieces split across
+    rounds, added tokens) rebuilt by the HF driver as vLLM detokenizes it, in every round and after every cut."""
+    from lm_eval_prune.harness.plugin import register
+
+    register()
+    from lm_eval.api.registry import get_model
+
+    class Request:
+        def __init__(self, context, gen_kwargs):
+            self.args = (context, gen_kwargs)
+
+    model_dir = write_sentencepiece_thinker(tmp_path / "sp", stories_path)
+    gen = {"until": ["The"], "max_gen_toks": 40, "do_sample": False}
+    gen.update(thinking_start="<think>", thinking_end="</think>", until_thinking="</think>")
+    settings = [
+        {"max_tokens_thinking": 30},
+        {"max_tokens_thinking": 30, "thinking_n_ignore": 0},
+        {"max_tokens_thinking": 20, "thinking_n_ignore": 3},
+        {"max_tokens_thinking": 30, "thinking_n_ignore": 3, "thinking_n_ignore_str": "Wait"},
+        {"max_tokens_thinking": 9, "thinking_n_ignore": 1, "thinking_n_ignore_str": "Wait"},
+    ]
+    requests = [Request(c, {**gen, **extra}) for extra in settings for c in SP_PROMPTS]
+    args = f"pretrained={model_dir},method=none,dtype=float32"
+    hf = get_model("pruned-hf").create_from_arg_string(args, {"device": "cpu", "batch_size": 3})
+    vllm = get_model("pruned-vllm").create_from_arg_string(args + ",max_model_len=512", {"batch_size": 3})
+    from_hf, from_vllm = hf.generate_until(requests), vllm.generate_until(requests)
+    assert [str(r) for r in from_hf] == [str(r) for r in from_vllm]
+    assert [r.record() for r in from_hf] == [r.record() for r in from_vllm]
+    first = from_vllm[: len(SP_PROMPTS)]
+    ended = sorted({r.thinking_tokens for r in first if not r.budget_exhausted})
+    assert len(ended) >= 2 and any(r.budget_exhausted for r in first)  # ends at different steps, or never
+    waits = from_vllm[3 * len(SP_PROMPTS) :]
+    assert any(r.forced_waits for r in waits) and all(str(r).startswith("<think>") for r in waits)
+    assert any(" " in r.thinking for r in first)  # Metaspace pieces decoded with their spaces
