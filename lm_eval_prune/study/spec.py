@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_prune.engine.config import PruneConfig
+from lm_eval_prune.engine.methods import METHODS
 from lm_eval_prune.errors import PruneConfigError
 
 BACKENDS = ("hf", "vllm")
@@ -127,9 +128,12 @@ def expand_variants(entries: Any, calibration: dict[str, Any], where: str) -> li
                 raise _unknown(here, str(key), allowed)
             for item in value if isinstance(value, list) else [value]:
                 _scalar(here, f"{key} entry", item)
-        if str(entry.get("method")) == "shortgpt" and "alloc" in entry:
+        given = entry.get("method")
+        methods: list[Any] = given if isinstance(given, list) else [given]
+        structured = [str(m) for m in methods if str(m) in METHODS and METHODS.get(str(m)).structured]
+        if structured and "alloc" in entry:
             raise PruneConfigError(
-                f"{here}.alloc: method shortgpt removes whole blocks and takes no alloc; drop the key"
+                f"{here}.alloc: method {structured[0]} removes whole blocks and takes no alloc; drop the key"
             )
         keys = list(entry)
         choices = [entry[k] if isinstance(entry[k], list) else [entry[k]] for k in keys]
