@@ -22,7 +22,6 @@ from lm_eval_prune.engine.model_utils import block_linears, decoder_blocks
 from lm_eval_prune.errors import PruneConfigError
 
 FixFingers = Literal["xmin_peak", "xmin_mid"]
-DEFAULT_EPSILON = 0.3  # the reference's argparse default (its Wanda/SparseGPT scripts use 0.2)
 BINS = 100
 
 

@@ -82,7 +82,7 @@ class PruneConfig:
     layerif_nsamples: int = field(default=128, metadata={"help": "LayerIF: training samples (one backward each)"})
     layerif_val_nsamples: int = field(default=32, metadata={"help": "LayerIF: validation samples"})
     layerif_seqlen: int = field(default=128, metadata={"help": "LayerIF: tokens per sample"})
-    alpha_eps: float = field(
+    alpha_eps: float = field(  # 0.3: the AlphaPruning reference's argparse default (its scripts use 0.2)
         default=0.3, metadata={"help": "AlphaPruning: sparsity ratios span [1-eps, 1+eps] around the target"}
     )
     percdamp: float = field(default=0.01, metadata={"help": "SparseGPT: dampening, a fraction of mean(diag H)"})

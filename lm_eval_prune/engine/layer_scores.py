@@ -85,9 +85,6 @@ def sequence_losses(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor |
     return (per_token * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
 
 
-_sample_losses = sequence_losses
-
-
 @torch.enable_grad()
 def layerif_influence(
     model: Any,

@@ -34,7 +34,6 @@ TRACE_FIELDS = (
 QUESTION_FIELDS = ("question", "problem", "prompt")
 ANSWER_FIELDS = ("attempt", "response", "answer")  # for a trajectory field without its own ``<prefix>_attempt``
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")  # of an assistant message
-TEXT_SOURCES = ("text",)
 SENTINEL = "\u2063LMEP-SENTINEL\u2063"  # a string no template produces, to cut the end of an assistant turn
 
 

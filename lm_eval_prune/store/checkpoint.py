@@ -32,7 +32,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 TEMP_KINDS = ("tmp", "old", "swap", "probe")
 MAX_NAME_BYTES = 180  # of OUT's last component: its temporaries ".OUT.<kind>-<tag>" must fit in NAME_MAX (255)
 _TEMP_RE = re.compile(
-    r"^\.(?P<name>.+)\.(?P<kind>tmp|old|swap|probe)-"
+    rf"^\.(?P<name>.+)\.(?P<kind>{'|'.join(TEMP_KINDS)})-"
     r"(?P<tag>(?P<host>[0-9a-f]{8}-[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-z]{8})$"
 )
 # Test hook: called with the name of each step of an install (the swap tests SIGKILL a child right after one).

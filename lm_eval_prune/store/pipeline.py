@@ -32,9 +32,6 @@ Status = Literal["built", "hit", "disabled", "dense", "written"]
 ScoreKind = Literal["layerif", "block-influence", "alphapruning"]
 SCORE_KINDS: tuple[ScoreKind, ...] = ("layerif", "block-influence", "alphapruning")
 
-# model args of ours that are not engine settings
-ADAPTER_KEYS = ("prune_cache",)
-
 
 @dataclass
 class PruneRequest:

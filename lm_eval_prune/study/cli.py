@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from lm_eval_prune.errors import PruneConfigError
-from lm_eval_prune.study.plan import Unit, describe, expand, parse_shard, shard
+from lm_eval_prune.study.plan import describe, expand, parse_shard, shard
 from lm_eval_prune.study.runner import RunRecord, manifest_path, write_manifest
 from lm_eval_prune.study.spec import StudySpec, check_environment, load_spec, parse_spec
 
@@ -144,10 +144,6 @@ def _has_matplotlib() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("matplotlib") is not None
-
-
-def units_of(spec: StudySpec, shard_text: str | None) -> list[Unit]:
-    return shard(expand(spec), parse_shard(shard_text))
 
 
 @click.command()

@@ -164,9 +164,5 @@ def describe(spec: StudySpec, units: list[Unit], out: Path, shard_spec: tuple[in
     return "\n".join(lines)
 
 
-def plan_record(spec: StudySpec, units: list[Unit]) -> dict[str, Any]:
-    return {"units": [u.key for u in units], "runs": [r.run_id for u in units for r in u.runs]}
-
-
 def dumps(data: Any) -> str:
     return json.dumps(data, indent=1, sort_keys=True, default=str)
